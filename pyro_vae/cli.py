@@ -1,0 +1,200 @@
+"""The ``pyro-vae`` command line: maps flags onto a config and calls one library function.
+
+    pyro-vae train [flags]            train a VAE (default: the embedded 8x8 digits), see --help
+    pyro-vae sample CHECKPOINT        decode draws from the prior to an image grid (and .npy)
+    pyro-vae reconstruct CHECKPOINT   show data next to its reconstructions
+"""
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import torch
+
+from .data import BINARIZE_MODES, DataError, DATASETS, load_dataset
+from .likelihoods import LIKELIHOODS, SIGMA_MODES
+from .networks import ACTIVATIONS, NETWORKS
+from .objectives import OBJECTIVES
+from .priors import PRIORS
+from .training import LR_SCHEDULES, SUMMARY, TrainConfig, TrainingDiverged, load_vae, train
+
+DEFAULTS = TrainConfig()
+
+
+def _int_list(text: str) -> List[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 400,400, got {text!r}")
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive layer sizes like 400,400, got {text!r}")
+    return values
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    d = DEFAULTS
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default=d.dataset,
+                   help=f"one of {', '.join(DATASETS)}, or a path to a .npy/.npz array file (default: %(default)s, "
+                        "bundled with scikit-learn, works offline)")
+    g.add_argument("--data-dir", default=d.data_dir,
+                   help="folder with the data files (IDX files for mnist/fashion-mnist, .amat files for "
+                        "binarized-mnist); fashion-mnist is also found where Debian's dataset-fashion-mnist "
+                        "package put it")
+    g.add_argument("--download", action="store_true", help="download missing data files (needs internet)")
+    g.add_argument("--binarize", default=d.binarize, choices=BINARIZE_MODES,
+                   help="none: grey levels; static: binarized once (fixed seed); dynamic: training data "
+                        "resampled every epoch, valid/test binarized once (default: %(default)s)")
+    g.add_argument("--valid-size", type=int, default=d.valid_size,
+                   help="training points held out for validation (default: the data set's own)")
+    g = p.add_argument_group("model")
+    g.add_argument("--network", default=d.network, choices=NETWORKS,
+                   help="mlp, or conv for 2-D images (default: %(default)s)")
+    g.add_argument("--hidden", type=_int_list, default=list(d.hidden),
+                   help="MLP hidden layer sizes, comma-separated, e.g. 400 or 400,400 (default: "
+                        f"{','.join(map(str, d.hidden))})")
+    g.add_argument("--channels", type=_int_list, default=list(d.channels),
+                   help=f"conv channels per stride-2 layer (default: {','.join(map(str, d.channels))})")
+    g.add_argument("--latent-dim", type=int, default=d.latent_dim, help="Z, latent dimension (default: %(default)s)")
+    g.add_argument("--activation", default=d.activation, choices=sorted(ACTIVATIONS),
+                   help="hidden-layer nonlinearity (default: %(default)s)")
+    g.add_argument("--likelihood", default=d.likelihood, choices=LIKELIHOODS,
+                   help="p(x|z): bernoulli for binary data, continuous-bernoulli for values in [0,1], "
+                        "gaussian for real values (default: %(default)s)")
+    g.add_argument("--sigma", type=float, default=d.sigma,
+                   help="gaussian likelihood: fixed sigma, or its initial value if learned (default: %(default)s)")
+    g.add_argument("--learn-sigma", default=d.learn_sigma, choices=SIGMA_MODES,
+                   help="gaussian likelihood: fixed sigma, one learned (global), or one per pixel "
+                        "(default: %(default)s)")
+    g.add_argument("--prior", default=d.prior, choices=PRIORS, help="p(z) (default: %(default)s)")
+    g = p.add_argument_group("objective and optimisation")
+    g.add_argument("--loss", default=d.loss, choices=OBJECTIVES,
+                   help="elbo: Trace_ELBO (Monte-Carlo KL); meanfield: TraceMeanField_ELBO (analytic KL) "
+                        "(default: %(default)s)")
+    g.add_argument("--num-particles", type=int, default=d.num_particles,
+                   help="samples of z per data point per step, vectorized (default: %(default)s)")
+    g.add_argument("--epochs", type=int, default=d.epochs, help="maximum epochs (default: %(default)s)")
+    g.add_argument("--batch-size", type=int, default=d.batch_size, help="minibatch size (default: %(default)s)")
+    g.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (default: %(default)s)")
+    g.add_argument("--lr-schedule", default=d.lr_schedule, choices=LR_SCHEDULES,
+                   help="none, exponential (x lr-gamma per epoch) or cosine (to 0 at --epochs) "
+                        "(default: %(default)s)")
+    g.add_argument("--lr-gamma", type=float, default=d.lr_gamma,
+                   help="per-epoch factor of the exponential schedule (default: %(default)s)")
+    g.add_argument("--clip-norm", type=float, default=d.clip_norm,
+                   help="clip the global gradient norm to this value; 0 disables (default: %(default)s)")
+    g.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs,
+                   help="KL warm-up: beta rises linearly from 0 to 1 over this many epochs; 0 disables "
+                        "(default: %(default)s)")
+    g.add_argument("--patience", type=int, default=d.patience,
+                   help="stop after this many epochs without a better validation ELBO; 0 disables "
+                        "(default: %(default)s)")
+    g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size,
+                   help="batch size for validation and test bounds (default: %(default)s)")
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=d.seed, help="seed for weights, splits and sampling (default: %(default)s)")
+    g.add_argument("--device", default=d.device, help="cpu, cuda or auto (default: %(default)s)")
+    g.add_argument("--out", default=d.out, help="output folder for checkpoints, metrics, config and figures "
+                                                "(default: %(default)s)")
+    g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--no-figures", action="store_true", help="do not write the PNG figures")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The :class:`TrainConfig` whose fields are the parsed flags of the same names."""
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    return TrainConfig.from_dict({name: getattr(args, name) for name in names})
+
+
+def _cmd_train(args) -> int:
+    config = config_from_args(args)
+    result = train(config, resume=args.resume, progress=not args.no_progress, figures=not args.no_figures)
+    if result.stop_reason == "interrupted":
+        print(f"Interrupted; checkpoint saved in {result.out_dir}. Continue with the same command plus --resume.")
+        return 130
+    summary = json.loads((result.out_dir / SUMMARY).read_text())
+    print(f"best validation ELBO {summary['best_val_elbo']:.3f} nats at epoch {summary['best_epoch']} "
+          f"({summary['stop_reason']}); test ELBO {summary['test_elbo']:.3f} nats")
+    print(f"wrote {result.out_dir}/: checkpoint.pt, best.pt, metrics.jsonl, config.json, summary.json"
+          + ("" if args.no_figures else ", curves.png, reconstructions.png, samples.png, latent.png"))
+    return 0
+
+
+def _cmd_sample(args) -> int:
+    from .plots import plot_image_grid
+    from .training import load_checkpoint
+    vae, _ = load_vae(args.checkpoint)
+    image_shape = load_checkpoint(args.checkpoint)["model_kwargs"]["image_shape"]
+    torch.manual_seed(args.seed)
+    samples = vae.sample(args.num)                                  # [num, D]
+    out = Path(args.out)
+    np.save(out.with_suffix(".npy"), samples.numpy())
+    written = [out.with_suffix(".npy")]
+    if image_shape:
+        written.append(plot_image_grid(samples, image_shape, out.with_suffix(".png"),
+                                       title=f"{args.num} samples E[x | z], z ~ p(z)"))
+    print("wrote " + ", ".join(map(str, written)))
+    return 0
+
+
+def _cmd_reconstruct(args) -> int:
+    from .plots import plot_reconstructions
+    from .training import load_checkpoint
+    vae, config = load_vae(args.checkpoint)
+    image_shape = load_checkpoint(args.checkpoint)["model_kwargs"]["image_shape"]
+    data = load_dataset(config.dataset, args.data_dir or config.data_dir, config.binarize, config.valid_size,
+                        config.seed)
+    x = data.split(args.split)[: args.num]
+    recon = vae.reconstruct(x)
+    out = Path(args.out)
+    np.save(out.with_suffix(".npy"), np.stack([x.numpy(), recon.numpy()]))
+    written = [out.with_suffix(".npy")]
+    if image_shape:
+        written.append(plot_reconstructions(x, recon, image_shape, out.with_suffix(".png")))
+    print("wrote " + ", ".join(map(str, written)))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyro-vae", description="Variational autoencoders as Pyro programs.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = sub.add_parser("train", help="train a VAE", description="Train a VAE with Pyro SVI. Writes OUT/checkpoint.pt "
+                       "(every epoch), OUT/best.pt, OUT/metrics.jsonl, OUT/config.json, OUT/summary.json and figures.")
+    _add_train_flags(p)
+    p.set_defaults(func=_cmd_train)
+    p = sub.add_parser("sample", help="draw samples from a trained model's prior",
+                       description="Decode z ~ p(z) with a trained model; writes OUT.npy and, for images, OUT.png.")
+    p.add_argument("checkpoint", help="a checkpoint file (best.pt, checkpoint.pt) or a run folder (uses best.pt)")
+    p.add_argument("--num", type=int, default=64, help="number of samples (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--out", default="samples", help="output path without extension (default: %(default)s)")
+    p.set_defaults(func=_cmd_sample)
+    p = sub.add_parser("reconstruct", help="reconstruct data with a trained model",
+                       description="Encode data to the posterior mean and decode it; writes OUT.npy "
+                                   "([2, N, D]: inputs, reconstructions) and, for images, OUT.png.")
+    p.add_argument("checkpoint", help="a checkpoint file or a run folder (uses best.pt)")
+    p.add_argument("--split", default="test", choices=("train", "valid", "test"),
+                   help="which split to reconstruct (default: %(default)s)")
+    p.add_argument("--num", type=int, default=20, help="number of data points (default: %(default)s)")
+    p.add_argument("--data-dir", default=None, help="override the data folder stored in the checkpoint's config")
+    p.add_argument("--out", default="reconstructions", help="output path without extension (default: %(default)s)")
+    p.set_defaults(func=_cmd_reconstruct)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (DataError, ValueError, FileNotFoundError, FileExistsError, TrainingDiverged) as e:
+        print(f"pyro-vae {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,570 @@
+"""Training: the stochastic-variational-inference loop, checkpoints, warm-up, early stopping.
+
+One step is exactly what ``pyro.infer.SVI.step`` does, with the optimiser made explicit::
+
+    loss = objective.differentiable_loss(model, guide, x_batch, num_data=N)   # any pyro.infer.ELBO
+    loss.backward(); clip_grad_norm_(params, clip_norm); adam.step()
+
+We call the ELBO's ``differentiable_loss`` and drive one ``torch.optim.Adam`` over all parameters
+(collected from a param-only trace, as Pyro's docs recommend for PyTorch optimisers) rather than
+``SVI`` + ``pyro.optim``, because ``pyro.optim`` keeps one optimiser per parameter: global-norm
+gradient clipping, standard learning-rate schedulers and an exact optimizer ``state_dict`` for
+resuming all come for free with a single torch optimiser.
+
+KL warm-up (Bowman et al. 2016; Sonderby et al. 2016) multiplies every *latent* sample site, in the
+model and in the guide, by beta (:class:`LatentScaleMessenger`, a ``poutine.scale`` restricted to
+unobserved sites), so the ELBO becomes ``E_q[log p(x|z)] - beta KL(q || p)``; beta rises linearly
+from 0 to 1 over ``warmup_epochs``.  Validation always uses beta = 1, i.e. the true bound.
+
+Never losing work: ``OUT/checkpoint.pt`` is rewritten atomically after every epoch and on Ctrl-C
+(mid-epoch: the data order of an epoch is a function of (seed, epoch), so a resumed run replays the
+rest of the epoch exactly); ``OUT/best.pt`` holds the model with the best validation bound; a
+non-finite loss stops training with :class:`TrainingDiverged`, keeping the last good checkpoint.
+"""
+import dataclasses
+import json
+import math
+import os
+import random
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+import pyro
+from pyro import poutine
+from pyro.infer import ELBO
+from pyro.poutine.messenger import Messenger
+from tqdm.auto import tqdm
+
+from .data import Dataset, load_dataset
+from .evaluation import mean_bound
+from .objectives import build_objective
+from .vae import VAE, build_vae
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
+METRICS = "metrics.jsonl"
+CONFIG = "config.json"
+SUMMARY = "summary.json"
+LR_SCHEDULES = ("none", "exponential", "cosine")
+# Changing these between a run and its --resume cannot corrupt the saved state.
+RESUMABLE_CHANGES = ("epochs", "patience", "out", "progress", "device")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a training run depends on.  The CLI flags map one to one onto these fields."""
+
+    # data
+    dataset: str = "digits"          # embedded default: scikit-learn's 8x8 digits, works offline
+    data_dir: Optional[str] = None
+    download: bool = False           # opt-in: never touch the network unless asked
+    binarize: str = "dynamic"        # binary data for the Bernoulli likelihood, resampled every epoch
+    valid_size: Optional[int] = None  # None: the data set's default hold-out size
+    # model
+    network: str = "mlp"
+    hidden: Tuple[int, ...] = (256, 256)  # digits are 64-dim: two 256-unit layers train in seconds
+    channels: Tuple[int, ...] = (32, 64)  # conv network only
+    latent_dim: int = 8
+    activation: str = "relu"
+    likelihood: str = "bernoulli"
+    sigma: float = 0.1               # gaussian likelihood: fixed sigma, or initial value if learned
+    learn_sigma: str = "fixed"       # fixed | global | pixel
+    prior: str = "standard"
+    # objective and optimisation
+    loss: str = "elbo"               # elbo (Trace_ELBO) | meanfield (TraceMeanField_ELBO)
+    num_particles: int = 1
+    epochs: int = 100
+    batch_size: int = 100
+    lr: float = 1e-3                 # Adam's usual default; stable for every likelihood here
+    lr_schedule: str = "none"        # none | exponential (x lr_gamma per epoch) | cosine (to 0 at `epochs`)
+    lr_gamma: float = 0.99
+    clip_norm: float = 0.0           # global gradient-norm clipping; 0 disables it
+    warmup_epochs: float = 0.0       # KL warm-up length; 0 disables it
+    patience: int = 20               # early stopping after this many epochs without a better val bound; 0 disables it
+    eval_batch_size: int = 1000
+    seed: int = 0
+    device: str = "cpu"              # cpu | cuda | auto
+    out: str = "runs/default"
+
+    def __post_init__(self):
+        self.hidden = tuple(int(h) for h in self.hidden)
+        self.channels = tuple(int(c) for c in self.channels)
+        problems = []
+        for name in ("epochs", "batch_size", "latent_dim", "num_particles", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("lr",):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("clip_norm", "warmup_epochs", "patience"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not self.hidden or min(self.hidden) < 1:
+            problems.append(f"hidden must be one or more positive layer sizes, got {self.hidden}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            problems.append(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
+            problems.append(f"device must be cpu, cuda or auto, got {self.device!r}")
+        if problems:
+            raise ValueError("invalid training config: " + "; ".join(problems))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> "TrainConfig":
+        """Build a config, rejecting unknown keys (a typo must not be silently ignored)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys {unknown}; known keys: {sorted(known)}")
+        return cls(**values)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class LatentScaleMessenger(Messenger):
+    """Multiply the log-density of every unobserved sample site by ``scale`` (observed sites untouched).
+
+    Wrapped around both the model and the guide, ``scale = beta`` turns ``log p(x|z) + log p(z) -
+    log q(z|x)`` into ``log p(x|z) + beta (log p(z) - log q(z|x))``: the KL term of the ELBO weighted
+    by beta, for any model/guide pair.  Unlike ``poutine.scale`` it allows ``scale = 0``.
+    """
+
+    def __init__(self, scale: float):
+        super().__init__()
+        if not scale >= 0:
+            raise ValueError(f"scale must be >= 0, got {scale}")
+        self.scale = scale
+
+    def _process_message(self, msg):
+        if msg["type"] == "sample" and not msg["is_observed"]:
+            msg["scale"] = self.scale * msg["scale"]
+
+
+# -- checkpoints ---------------------------------------------------------------------------------------
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename: a reader (or a
+    crash at any moment) sees either the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _atomic_write_text(text: str, path: Path) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path, map_location: str = "cpu") -> Dict[str, Any]:
+    """Read a checkpoint written by :func:`train`, with a clear error if it is missing or unreadable."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / BEST
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path} (train writes OUT/{CHECKPOINT} and OUT/{BEST})")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        raise ValueError(f"{path} is not a readable pyro_vae checkpoint: {e}") from e
+    if not isinstance(ckpt, dict) or "model_state" not in ckpt or "model_kwargs" not in ckpt:
+        raise ValueError(f"{path} is not a pyro_vae checkpoint (missing model_state/model_kwargs)")
+    return ckpt
+
+
+def load_vae(path, map_location: str = "cpu") -> Tuple[VAE, TrainConfig]:
+    """Rebuild the VAE stored in a checkpoint file (or a run folder: its ``best.pt``) in eval mode."""
+    ckpt = load_checkpoint(path, map_location)
+    vae = build_vae(**ckpt["model_kwargs"])
+    vae.load_state_dict(ckpt["model_state"])
+    return vae.eval(), TrainConfig.from_dict(ckpt["config"])
+
+
+def model_kwargs(config: TrainConfig, data: Dataset) -> Dict[str, Any]:
+    """The arguments of :func:`build_vae` for this config and data set (stored in checkpoints)."""
+    return dict(data_dim=data.data_dim, latent_dim=config.latent_dim, hidden=list(config.hidden),
+                network=config.network, image_shape=list(data.image_shape) if data.image_shape else None,
+                activation=config.activation, likelihood=config.likelihood, sigma=config.sigma,
+                learn_sigma=config.learn_sigma, prior=config.prior, channels=list(config.channels))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    return torch.device(name)
+
+
+def _rng_state() -> Dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def epoch_permutation(num_data: int, seed: int, epoch: int) -> torch.Tensor:
+    """The order in which epoch ``epoch`` visits the training data: a function of (seed, epoch) only,
+    so a run resumed mid-epoch replays exactly the batches it had not seen yet."""
+    generator = torch.Generator().manual_seed(1_000_003 * seed + epoch)
+    return torch.randperm(num_data, generator=generator)
+
+
+# -- the loop ------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`train` returns.  ``history`` has one dict per finished epoch (as in metrics.jsonl)."""
+    model: Any
+    history: List[Dict[str, float]]
+    best_epoch: int
+    best_val_elbo: float
+    stop_reason: str      # "completed" | "early_stopping" | "interrupted"
+    out_dir: Path
+
+
+class Trainer:
+    """Trains any ``module`` with ``model(x, num_data=None)`` / ``guide(x, num_data=None)`` methods.
+
+    Args:
+        module: an ``nn.Module`` holding the parameters (e.g. a :class:`~pyro_vae.VAE`).
+        data: the :class:`~pyro_vae.data.Dataset` (train split resampled per epoch if dynamic).
+        config: the :class:`TrainConfig`.
+        objective: any ``pyro.infer.ELBO``; default built from ``config.loss``.
+        checkpoint_extra: stored in every checkpoint (e.g. ``model_kwargs`` to rebuild the module).
+        on_step: called as ``on_step(trainer, epoch, step, loss)`` after every optimiser step.
+    """
+
+    def __init__(self, module: torch.nn.Module, data: Dataset, config: TrainConfig,
+                 objective: Optional[ELBO] = None, checkpoint_extra: Optional[Dict[str, Any]] = None,
+                 on_step: Optional[Callable] = None, progress: bool = True):
+        self.module, self.data, self.config = module, data, config
+        self.objective = objective or build_objective(config.loss, config.num_particles)
+        self.checkpoint_extra = checkpoint_extra or {}
+        self.on_step, self.progress = on_step, progress
+        self.device = next(module.parameters()).device
+        self.out_dir = Path(config.out)
+        self.num_train = data.train.shape[0]
+        self.steps_per_epoch = math.ceil(self.num_train / config.batch_size)
+        self.valid = data.valid.to(self.device)
+        # progress through training: everything needed to continue exactly where we stopped
+        self.epoch, self.step = 0, 0
+        self.epoch_loss_sum, self.epoch_start_time = 0.0, None
+        self.history: List[Dict[str, float]] = []
+        self.best_val_elbo, self.best_epoch, self.epochs_since_best = -math.inf, 0, 0
+        self._stop_requested = False
+        self.params = self._collect_params()
+        self.optimizer = torch.optim.Adam(self.params, lr=config.lr)
+        self.scheduler = self._build_scheduler()
+
+    # -- set-up ---------------------------------------------------------------------------------
+
+    def _collect_params(self) -> List[torch.Tensor]:
+        """All parameters the objective touches: the module's, plus any ``pyro.param`` of a user model."""
+        x = self.data.train[: min(2, self.num_train)].to(self.device)
+        with poutine.trace(param_only=True) as capture:
+            with poutine.block(hide_types=["sample"]), torch.no_grad():
+                self.objective.loss(self.module.model, self.module.guide, x)
+        params = {id(p): p for p in self.module.parameters() if p.requires_grad}
+        for site in capture.trace.nodes.values():
+            p = site["value"].unconstrained()
+            params.setdefault(id(p), p)
+        return list(params.values())
+
+    def _build_scheduler(self):
+        if self.config.lr_schedule == "exponential":
+            return torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=self.config.lr_gamma)
+        if self.config.lr_schedule == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.config.epochs)
+        return None
+
+    def beta(self) -> float:
+        """KL warm-up weight for the next step: linear from 0 to 1 over ``warmup_epochs``."""
+        if self.config.warmup_epochs <= 0:
+            return 1.0
+        done = self.epoch * self.steps_per_epoch + self.step + 1
+        return min(1.0, done / (self.config.warmup_epochs * self.steps_per_epoch))
+
+    # -- checkpoints ----------------------------------------------------------------------------
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {
+            "format": "pyro_vae.checkpoint.v1",
+            "pyro_vae_version": __import__("pyro_vae").__version__,
+            "config": self.config.to_dict(),
+            "model_state": self.module.state_dict(),
+            # pyro.param values of user models; nn.Module parameters ("name$$$...") live in model_state
+            "param_store": {k: v for k, v in pyro.get_param_store().get_state()["params"].items() if "$$$" not in k},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "epoch": self.epoch, "step": self.step, "epoch_loss_sum": self.epoch_loss_sum,
+            "history": self.history, "best_val_elbo": self.best_val_elbo, "best_epoch": self.best_epoch,
+            "epochs_since_best": self.epochs_since_best,
+            "rng": _rng_state(),
+            **self.checkpoint_extra,
+        }
+
+    def load_state_dict(self, ckpt: Dict[str, Any]) -> None:
+        self.module.load_state_dict(ckpt["model_state"])  # in place: the optimizer's tensors stay the same
+        store = pyro.get_param_store()
+        with torch.no_grad():
+            for name, unconstrained in ckpt["param_store"].items():
+                if name in store:
+                    store._params[name].copy_(unconstrained)   # in place, like the module's parameters
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        if self.scheduler is not None and ckpt["scheduler"] is not None:
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.epoch, self.step, self.epoch_loss_sum = ckpt["epoch"], ckpt["step"], ckpt["epoch_loss_sum"]
+        self.history = list(ckpt["history"])
+        self.best_val_elbo, self.best_epoch = ckpt["best_val_elbo"], ckpt["best_epoch"]
+        self.epochs_since_best = ckpt["epochs_since_best"]
+        _set_rng_state(ckpt["rng"])
+
+    def save_checkpoint(self) -> None:
+        atomic_save(self.state_dict(), self.out_dir / CHECKPOINT)
+
+    def _save_best(self) -> None:
+        atomic_save({"config": self.config.to_dict(), "model_state": self.module.state_dict(),
+                     "epoch": self.epoch, "val_elbo": self.best_val_elbo, **self.checkpoint_extra},
+                    self.out_dir / BEST)
+
+    def _write_metrics(self) -> None:
+        _atomic_write_text("".join(json.dumps(row) + "\n" for row in self.history), self.out_dir / METRICS)
+
+    # -- running --------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Ask the loop to save a checkpoint and return after the current step (what Ctrl-C does)."""
+        self._stop_requested = True
+
+    def validation_elbo(self) -> float:
+        """Per-datapoint bound on the validation split with beta = 1 (higher is better).
+
+        Uses a fixed random stream (common random numbers across epochs, so epoch-to-epoch changes
+        are not MC noise) without disturbing the training stream.
+        """
+        self.module.eval()
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.config.seed + 7919)
+            elbo = mean_bound(self.objective, self.module.model, self.module.guide, self.valid,
+                              self.config.eval_batch_size)
+        self.module.train()
+        return elbo
+
+    def _train_step(self, x: torch.Tensor) -> float:
+        beta = self.beta()
+        model, guide = self.module.model, self.module.guide
+        if beta != 1.0:
+            model, guide = LatentScaleMessenger(beta)(model), LatentScaleMessenger(beta)(guide)
+        loss = self.objective.differentiable_loss(model, guide, x, num_data=self.num_train)
+        loss_value = loss.item()
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(
+                f"loss became {loss_value} at epoch {self.epoch + 1}, step {self.step + 1} "
+                f"(of {self.steps_per_epoch}); the last good checkpoint {self.out_dir / CHECKPOINT} "
+                f"(after epoch {self.epoch}) is kept. Try a smaller --lr or --clip-norm.")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.clip_norm)
+        self.optimizer.step()
+        return loss_value
+
+    def _finish_epoch(self) -> bool:
+        """Validate, log, checkpoint; returns True if early stopping says stop."""
+        val_elbo = self.validation_elbo()
+        self.epoch += 1
+        self.step = 0
+        row = {"epoch": self.epoch,
+               "train_loss": self.epoch_loss_sum / self.num_train,
+               "val_elbo": val_elbo,
+               "beta": self.beta_at_epoch_end(),
+               "lr": self.optimizer.param_groups[0]["lr"],
+               "seconds": time.time() - self.epoch_start_time if self.epoch_start_time else float("nan")}
+        self.history.append(row)
+        self.epoch_loss_sum = 0.0
+        if self.scheduler is not None:
+            self.scheduler.step()
+        if val_elbo > self.best_val_elbo:
+            self.best_val_elbo, self.best_epoch, self.epochs_since_best = val_elbo, self.epoch, 0
+            self._save_best()
+        else:
+            self.epochs_since_best += 1
+        self.save_checkpoint()
+        self._write_metrics()
+        return 0 < self.config.patience <= self.epochs_since_best
+
+    def beta_at_epoch_end(self) -> float:
+        if self.config.warmup_epochs <= 0:
+            return 1.0
+        return min(1.0, self.epoch / self.config.warmup_epochs)
+
+    def fit(self) -> str:
+        """Run until ``config.epochs``, early stopping, or a stop request; returns the reason."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        total = self.config.epochs * self.steps_per_epoch
+        done = min(self.epoch * self.steps_per_epoch + self.step, total)
+        bar = tqdm(total=total, initial=done, disable=not self.progress, unit="step", dynamic_ncols=True,
+                   desc="train")
+        previous_handler = self._install_sigint_handler()
+        try:
+            if self.history and 0 < self.config.patience <= self.epochs_since_best:
+                return "early_stopping"
+            while self.epoch < self.config.epochs:
+                if self.step == 0:
+                    self.epoch_start_time = time.time()
+                x_epoch = self.data.train_epoch(self.epoch, self.config.seed)    # [N_train, D]
+                order = epoch_permutation(self.num_train, self.config.seed, self.epoch)
+                while self.step < self.steps_per_epoch:
+                    if self._stop_requested:
+                        self.save_checkpoint()
+                        return "interrupted"
+                    idx = order[self.step * self.config.batch_size:(self.step + 1) * self.config.batch_size]
+                    loss = self._train_step(x_epoch[idx].to(self.device))
+                    self.epoch_loss_sum += loss * len(idx) / self.num_train
+                    self.step += 1
+                    bar.update(1)
+                    if self.on_step is not None:
+                        self.on_step(self, self.epoch, self.step, loss)
+                should_stop = self._finish_epoch()
+                last = self.history[-1]
+                bar.set_postfix(epoch=self.epoch, loss=f"{last['train_loss']:.2f}",
+                                val_elbo=f"{last['val_elbo']:.2f}", best=f"{self.best_val_elbo:.2f}")
+                if should_stop:
+                    return "early_stopping"
+            return "completed"
+        finally:
+            bar.close()
+            if previous_handler is not None:
+                signal.signal(signal.SIGINT, previous_handler)
+
+    def _install_sigint_handler(self):
+        """First Ctrl-C: finish the current step, save, return.  Second Ctrl-C: the usual KeyboardInterrupt."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum, frame):
+            if self._stop_requested:
+                raise KeyboardInterrupt
+            tqdm.write("Interrupt received: saving a checkpoint after this step (Ctrl-C again to abort).")
+            self.request_stop()
+
+        return signal.signal(signal.SIGINT, handler)
+
+
+# -- the one function the CLI calls --------------------------------------------------------------------
+
+def _check_resume_config(saved: Dict[str, Any], config: TrainConfig, path: Path) -> None:
+    current = config.to_dict()
+    changed = {k: (saved.get(k), v) for k, v in current.items()
+               if saved.get(k) != v and k not in RESUMABLE_CHANGES}
+    if changed:
+        listing = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        raise ValueError(f"cannot resume {path} with a different config ({listing}); only "
+                         f"{', '.join(RESUMABLE_CHANGES)} may change on --resume")
+
+
+def train(config: TrainConfig, resume: bool = False, progress: bool = True,
+          data: Optional[Dataset] = None, on_step: Optional[Callable] = None,
+          figures: bool = True) -> TrainResult:
+    """Train a VAE as ``config`` says, writing checkpoints, metrics, config and figures to ``config.out``.
+
+    Args:
+        config: the run's :class:`TrainConfig`.
+        resume: continue from ``OUT/checkpoint.pt`` (exactly: same parameters, optimizer state, RNG
+            and data order as if never stopped).  Without it, an existing checkpoint is an error, so
+            a run is never overwritten by accident.
+        data: a pre-loaded data set (default: ``load_dataset`` from the config).
+        figures: write the PNG figures at the end.
+
+    Returns:
+        a :class:`TrainResult`; ``result.model`` is the VAE with the *best* validation bound.
+    """
+    out = Path(config.out)
+    ckpt_path = out / CHECKPOINT
+    ckpt = None
+    if resume:
+        if not ckpt_path.exists():
+            raise FileNotFoundError(f"--resume given but there is no checkpoint at {ckpt_path}")
+        ckpt = load_checkpoint(ckpt_path)
+        _check_resume_config(ckpt["config"], config, ckpt_path)
+    elif ckpt_path.exists():
+        raise FileExistsError(f"{ckpt_path} already exists: pass --resume to continue that run, "
+                              f"or choose another --out")
+    device = resolve_device(config.device)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(config.seed)
+    if data is None:
+        data = load_dataset(config.dataset, config.data_dir, config.binarize, config.valid_size,
+                            config.seed, config.download)
+    kwargs = model_kwargs(config, data)
+    vae = build_vae(**kwargs).to(device)
+    # validate every split once here (clear errors before any work), then not per step
+    for split in ("train", "valid", "test"):
+        try:
+            vae.check_input(data.split(split) if data.binarize != "dynamic" or split != "train"
+                            else data.train_epoch(0, config.seed))
+        except ValueError as e:
+            raise ValueError(f"{split} split of {config.dataset!r}: {e}") from e
+    vae.validate_inputs = False
+    trainer = Trainer(vae, data, config, checkpoint_extra={"model_kwargs": kwargs},
+                      on_step=on_step, progress=progress)
+    if ckpt is not None:
+        trainer.load_state_dict(ckpt)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write_text(json.dumps(config.to_dict(), indent=2) + "\n", out / CONFIG)
+    try:
+        stop_reason = trainer.fit()
+    finally:
+        vae.validate_inputs = True
+    best = vae
+    if (out / BEST).exists():
+        best, _ = load_vae(out / BEST, map_location=str(device))
+        best.to(device)
+    if stop_reason != "interrupted":
+        summary = {"best_epoch": trainer.best_epoch, "best_val_elbo": trainer.best_val_elbo,
+                   "test_elbo": _test_bound(best, trainer, data), "epochs_run": trainer.epoch,
+                   "stop_reason": stop_reason, "num_train": trainer.num_train,
+                   "seconds": sum(r["seconds"] for r in trainer.history if math.isfinite(r["seconds"]))}
+        _atomic_write_text(json.dumps(summary, indent=2) + "\n", out / SUMMARY)
+        if figures:
+            from .plots import write_run_figures
+            write_run_figures(best, data, trainer.history, out)
+    return TrainResult(best, trainer.history, trainer.best_epoch, trainer.best_val_elbo, stop_reason, out)
+
+
+def _test_bound(vae: VAE, trainer: Trainer, data: Dataset) -> float:
+    with torch.random.fork_rng(devices=[trainer.device] if trainer.device.type == "cuda" else []):
+        torch.manual_seed(trainer.config.seed + 104729)
+        return mean_bound(trainer.objective, vae.model, vae.guide, data.test.to(trainer.device),
+                          trainer.config.eval_batch_size)

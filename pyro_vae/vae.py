@@ -1,0 +1,145 @@
+"""The variational autoencoder as a pair of Pyro programs.
+
+Generative model (``VAE.model``), for each data point n in the plate ``"data"``::
+
+    z_n ~ p(z)                          (a Prior)
+    x_n ~ p(x | z_n) = L(decoder(z_n))  (a Likelihood)
+
+Amortized guide (``VAE.guide``)::
+
+    z_n ~ q(z | x_n) = N(mu(x_n), diag sigma(x_n)^2)   (an encoder)
+
+Both are plain Pyro programs, so ``pyro.infer.SVI(vae.model, vae.guide, optim, Trace_ELBO())`` trains
+the model, and every objective and evaluator of this library that takes a model/guide pair works on
+them.  The encoder, decoder, prior and likelihood are separate modules passed to the constructor.
+
+Minibatches: call ``model(x_batch, num_data=N)`` with the size N of the full data set; the data plate
+then scales every per-datapoint log-density by N / B, so the loss of a minibatch of B points is an
+unbiased estimate of the full-data loss (what ``pyro.plate(size=N, subsample=...)`` does).
+
+Shape legend: ``N`` data points in the batch, ``D`` data dimension, ``Z`` latent dimension.
+``x: [N, D]``, ``z: [N, Z]`` (or ``[K, N, Z]`` under an outer particle plate).
+"""
+from typing import Optional, Sequence
+
+import torch
+import torch.nn as nn
+import pyro
+import pyro.distributions as dist
+
+from .likelihoods import Likelihood, build_likelihood
+from .networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, NETWORKS
+from .priors import Prior, StandardNormalPrior, build_prior
+
+
+class VAE(nn.Module):
+    """A VAE whose parts can be swapped.
+
+    Args:
+        encoder: ``x [..., D] -> (loc [..., Z], scale [..., Z])``.
+        decoder: ``z [..., Z] -> [..., D]`` (read by the likelihood as logits or means).
+        likelihood: p(x | z), a :class:`~pyro_vae.likelihoods.Likelihood`.
+        prior: p(z), a :class:`~pyro_vae.priors.Prior` (default: standard normal).
+        name: prefix of the parameters in Pyro's param store.
+        data_plate: name of the plate holding the per-datapoint sites.
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, likelihood: Likelihood,
+                 prior: Optional[Prior] = None, name: str = "vae", data_plate: str = "data"):
+        super().__init__()
+        self.encoder, self.decoder, self.likelihood = encoder, decoder, likelihood
+        self.latent_dim = int(decoder.latent_dim)
+        self.data_dim = int(decoder.data_dim)
+        if getattr(encoder, "latent_dim", self.latent_dim) != self.latent_dim:
+            raise ValueError(f"encoder latent_dim {encoder.latent_dim} != decoder latent_dim {self.latent_dim}")
+        if getattr(encoder, "data_dim", self.data_dim) != self.data_dim:
+            raise ValueError(f"encoder data_dim {encoder.data_dim} != decoder data_dim {self.data_dim}")
+        self.prior = prior if prior is not None else StandardNormalPrior(self.latent_dim)
+        if self.prior.latent_dim != self.latent_dim:
+            raise ValueError(f"prior latent_dim {self.prior.latent_dim} != model latent_dim {self.latent_dim}")
+        self.name, self.data_plate = name, data_plate
+        # Checking x against the likelihood's support costs one pass over the batch; the trainer
+        # validates whole splits once up front and switches this off.
+        self.validate_inputs = True
+
+    # -- Pyro programs ------------------------------------------------------------------------
+
+    def _plate(self, x: torch.Tensor, num_data: Optional[int]):
+        if self.validate_inputs:
+            self.check_input(x)
+        batch = x.shape[0]
+        if num_data is not None and num_data < batch:
+            raise ValueError(f"num_data={num_data} is smaller than the batch ({batch} points)")
+        # subsample=arange(B): the batch *is* the subsample; the plate scales log-densities by N / B.
+        return pyro.plate(self.data_plate, size=num_data or batch,
+                          subsample=torch.arange(batch, device=x.device))
+
+    def model(self, x: torch.Tensor, num_data: Optional[int] = None) -> torch.Tensor:
+        """p(x, z) = p(z) p(x | z) for a batch ``x: [N, D]``; ``num_data`` is the full data-set size."""
+        pyro.module(self.name, self)
+        with self._plate(x, num_data):
+            z = pyro.sample("z", self.prior())                       # [N, Z] (or [K, N, Z])
+            pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)  # event [D]
+        return z
+
+    def guide(self, x: torch.Tensor, num_data: Optional[int] = None) -> torch.Tensor:
+        """q(z | x) = N(mu(x), diag sigma(x)^2) for a batch ``x: [N, D]``."""
+        pyro.module(self.name, self)
+        with self._plate(x, num_data):
+            loc, scale = self.encoder(x)                             # [N, Z] each
+            return pyro.sample("z", dist.Normal(loc, scale, validate_args=False).to_event(1))
+
+    # -- plain tensor helpers (no Pyro) ------------------------------------------------------------
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise ``ValueError`` unless ``x`` is ``[N, D]`` data this model's likelihood can score."""
+        if not torch.is_tensor(x):
+            raise TypeError(f"x must be a torch.Tensor of shape [N, {self.data_dim}], got {type(x).__name__}")
+        if x.dim() != 2 or x.shape[1] != self.data_dim:
+            raise ValueError(f"x must have shape [N, {self.data_dim}] (flattened data), got {tuple(x.shape)}")
+        self.likelihood.validate(x)
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor):
+        """Mean and scale of q(z | x): ``x [N, D] -> (loc [N, Z], scale [N, Z])``."""
+        return self.encoder(x)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """E[x | z]: ``z [..., Z] -> [..., D]``."""
+        return self.likelihood.mean(self.decoder(z))
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """E[x | z = mu(x)], the decoded posterior mean: ``x [N, D] -> [N, D]``."""
+        return self.decode(self.encode(x)[0])
+
+    @torch.no_grad()
+    def sample(self, num_samples: int) -> torch.Tensor:
+        """Means E[x | z] of ``num_samples`` draws z ~ p(z): ``[num_samples, D]``."""
+        return self.decode(self.prior.sample(num_samples))
+
+
+def build_vae(data_dim: int, latent_dim: int = 10, hidden: Sequence[int] = (400,), network: str = "mlp",
+              image_shape: Optional[Sequence[int]] = None, activation: str = "relu",
+              likelihood: str = "bernoulli", sigma: float = 0.1, learn_sigma: str = "fixed",
+              prior: str = "standard", channels: Sequence[int] = (32, 64)) -> VAE:
+    """A VAE from plain settings (what the CLI and the checkpoint loader use).
+
+    ``network="mlp"`` uses ``hidden`` for the encoder and, mirrored, for the decoder;
+    ``network="conv"`` needs ``image_shape`` and uses ``channels``.
+    """
+    if network == "mlp":
+        encoder = MLPEncoder(data_dim, latent_dim, hidden, activation)
+        decoder = MLPDecoder(latent_dim, data_dim, tuple(reversed(hidden)), activation)
+    elif network == "conv":
+        if image_shape is None:
+            raise ValueError("network='conv' needs image data (a data set with an image shape)")
+        encoder = ConvEncoder(image_shape, latent_dim, channels, activation)
+        decoder = ConvDecoder(latent_dim, image_shape, channels, activation)
+        if encoder.data_dim != data_dim:
+            raise ValueError(f"image_shape {tuple(image_shape)} does not match data_dim {data_dim}")
+    else:
+        raise ValueError(f"unknown network {network!r}; choose one of {NETWORKS}")
+    return VAE(encoder, decoder, build_likelihood(likelihood, data_dim, sigma, learn_sigma),
+               build_prior(prior, latent_dim))
