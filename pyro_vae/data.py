@@ -347,7 +347,7 @@ def _to_dataset(name: str, arrays: _Arrays, binarize: str) -> Dataset:
         if binarize == "static":
             data["train"] = _bernoulli(data["train"], STATIC_BINARIZATION_SEED)
         data["valid"] = _bernoulli(data["valid"], STATIC_BINARIZATION_SEED + 1)
-        data["test"] = _bernoulli(data["test"], STATIC_BINARIZATION_SEED + 3)
+        data["test"] = _bernoulli(data["test"], STATIC_BINARIZATION_SEED + 2)
 
     labels = {}
     for split in SPLITS:
