@@ -39,6 +39,7 @@ import pyro
 from pyro import poutine
 from pyro.infer import ELBO
 from pyro.poutine.messenger import Messenger
+from pyro.infer.util import is_validation_enabled
 from tqdm.auto import tqdm
 
 from .data import Dataset, load_dataset
@@ -209,6 +210,15 @@ def model_kwargs(config: TrainConfig, data: Dataset) -> Dict[str, Any]:
                 learn_sigma=config.learn_sigma, prior=config.prior, channels=list(config.channels))
 
 
+def make_adam(params: List[torch.Tensor], lr: float) -> torch.optim.Adam:
+    """Adam with the fused kernel where torch has one for these tensors (~3x faster steps on CPU for
+    the same update rule), else the default implementation."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, ValueError, TypeError):
+        return torch.optim.Adam(params, lr=lr)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -283,7 +293,7 @@ class Trainer:
         self.best_val_elbo, self.best_epoch, self.epochs_since_best = -math.inf, 0, 0
         self._stop_requested = False
         self.params = self._collect_params()
-        self.optimizer = torch.optim.Adam(self.params, lr=config.lr)
+        self.optimizer = make_adam(self.params, config.lr)
         self.scheduler = self._build_scheduler()
 
     # -- set-up ---------------------------------------------------------------------------------
@@ -381,12 +391,17 @@ class Trainer:
         self.module.train()
         return elbo
 
-    def _train_step(self, x: torch.Tensor) -> float:
+    def train_step(self, x: torch.Tensor) -> float:
+        """One optimiser step on the minibatch ``x: [B, D]``; returns the loss (per full data set)."""
         beta = self.beta()
         model, guide = self.module.model, self.module.guide
         if beta != 1.0:
             model, guide = LatentScaleMessenger(beta)(model), LatentScaleMessenger(beta)(guide)
-        loss = self.objective.differentiable_loss(model, guide, x, num_data=self.num_train)
+        # Pyro's own checks (model/guide site match, shapes) run on the first step of each fit();
+        # once they pass, the program's structure is fixed and re-checking costs ~1 ms per step.
+        with pyro.validation_enabled(self._check_next_step):
+            loss = self.objective.differentiable_loss(model, guide, x, num_data=self.num_train)
+        self._check_next_step = False
         loss_value = loss.item()
         if not math.isfinite(loss_value):
             raise TrainingDiverged(
@@ -437,6 +452,12 @@ class Trainer:
         bar = tqdm(total=total, initial=done, disable=not self.progress, unit="step", dynamic_ncols=True,
                    desc="train")
         previous_handler = self._install_sigint_handler()
+        self._check_next_step = is_validation_enabled()
+        # The trainer owns the optimiser over module.parameters(), so the module need not register
+        # them in Pyro's param store on every call (see VAE.register_params).
+        registering = getattr(self.module, "register_params", None)
+        if registering is not None:
+            self.module.register_params = False
         try:
             if self.history and 0 < self.config.patience <= self.epochs_since_best:
                 return "early_stopping"
@@ -450,7 +471,7 @@ class Trainer:
                         self.save_checkpoint()
                         return "interrupted"
                     idx = order[self.step * self.config.batch_size:(self.step + 1) * self.config.batch_size]
-                    loss = self._train_step(x_epoch[idx].to(self.device))
+                    loss = self.train_step(x_epoch[idx].to(self.device))
                     self.epoch_loss_sum += loss * len(idx) / self.num_train
                     self.step += 1
                     bar.update(1)
@@ -465,6 +486,8 @@ class Trainer:
             return "completed"
         finally:
             bar.close()
+            if registering is not None:
+                self.module.register_params = registering
             if previous_handler is not None:
                 signal.signal(signal.SIGINT, previous_handler)
 
