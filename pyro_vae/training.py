@@ -54,7 +54,7 @@ CONFIG = "config.json"
 SUMMARY = "summary.json"
 LR_SCHEDULES = ("none", "exponential", "cosine")
 # Changing these between a run and its --resume cannot corrupt the saved state.
-RESUMABLE_CHANGES = ("epochs", "patience", "out", "progress", "device")
+RESUMABLE_CHANGES = ("epochs", "patience", "out", "device", "data_dir", "download", "eval_batch_size")
 
 
 @dataclasses.dataclass
@@ -337,6 +337,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "epoch": self.epoch, "step": self.step, "epoch_loss_sum": self.epoch_loss_sum,
+            "epoch_elapsed": time.time() - self.epoch_start_time if self.epoch_start_time and self.step else 0.0,
             "history": self.history, "best_val_elbo": self.best_val_elbo, "best_epoch": self.best_epoch,
             "epochs_since_best": self.epochs_since_best,
             "rng": _rng_state(),
@@ -354,6 +355,7 @@ class Trainer:
         if self.scheduler is not None and ckpt["scheduler"] is not None:
             self.scheduler.load_state_dict(ckpt["scheduler"])
         self.epoch, self.step, self.epoch_loss_sum = ckpt["epoch"], ckpt["step"], ckpt["epoch_loss_sum"]
+        self.epoch_start_time = time.time() - ckpt["epoch_elapsed"]   # time already spent in a half-done epoch
         self.history = list(ckpt["history"])
         self.best_val_elbo, self.best_epoch = ckpt["best_val_elbo"], ckpt["best_epoch"]
         self.epochs_since_best = ckpt["epochs_since_best"]
@@ -425,7 +427,7 @@ class Trainer:
                "val_elbo": val_elbo,
                "beta": self.beta_at_epoch_end(),
                "lr": self.optimizer.param_groups[0]["lr"],
-               "seconds": time.time() - self.epoch_start_time if self.epoch_start_time else float("nan")}
+               "seconds": time.time() - self.epoch_start_time}
         self.history.append(row)
         self.epoch_loss_sum = 0.0
         if self.scheduler is not None:
@@ -511,10 +513,13 @@ def _check_resume_config(saved: Dict[str, Any], config: TrainConfig, path: Path)
     current = config.to_dict()
     changed = {k: (saved.get(k), v) for k, v in current.items()
                if saved.get(k) != v and k not in RESUMABLE_CHANGES}
+    if saved.get("lr_schedule") == "cosine" and saved.get("epochs") != config.epochs:
+        changed["epochs"] = (saved.get("epochs"), config.epochs)   # the cosine schedule is fixed by epochs
     if changed:
         listing = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
         raise ValueError(f"cannot resume {path} with a different config ({listing}); only "
-                         f"{', '.join(RESUMABLE_CHANGES)} may change on --resume")
+                         f"{', '.join(RESUMABLE_CHANGES)} may change on --resume (epochs not with "
+                         f"--lr-schedule cosine, whose schedule ends at the original --epochs)")
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True,
@@ -578,7 +583,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         summary = {"best_epoch": trainer.best_epoch, "best_val_elbo": trainer.best_val_elbo,
                    "test_elbo": _test_bound(best, trainer, data), "epochs_run": trainer.epoch,
                    "stop_reason": stop_reason, "num_train": trainer.num_train,
-                   "seconds": sum(r["seconds"] for r in trainer.history if math.isfinite(r["seconds"]))}
+                   "seconds": sum(r["seconds"] for r in trainer.history)}
         _atomic_write_text(json.dumps(summary, indent=2) + "\n", out / SUMMARY)
         if figures:
             from .plots import write_run_figures

@@ -1,0 +1,219 @@
+"""Tests of the ``pyro-vae`` command line: an end-to-end tiny run, the sample and reconstruct
+commands, --help coverage of every config field, and clear one-line errors (exit 1, no traceback)."""
+import argparse
+import dataclasses
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_vae.cli import build_parser, config_from_args, main
+from pyro_vae.data import load_dataset
+from pyro_vae.training import TrainConfig, load_checkpoint, load_vae
+
+TINY = ["--epochs", "2", "--hidden", "16", "--latent-dim", "2", "--no-progress"]
+FIGURES = ("curves.png", "reconstructions.png", "samples.png", "latent.png")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CONSOLE_SCRIPT = Path(sys.executable).parent / "pyro-vae"
+
+
+def train_subparser() -> argparse.ArgumentParser:
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return subparsers.choices["train"]
+
+
+def assert_png(path: Path):
+    assert path.is_file(), path
+    content = path.read_bytes()
+    assert content.startswith(PNG_MAGIC) and len(content) > 1000, path
+
+
+# -- 1. end to end -------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", *TINY, "--out", str(out)]) == 0
+    return out
+
+
+def test_train_writes_every_output(trained_run, capsys):
+    out = trained_run
+    for name in ("checkpoint.pt", "best.pt", "metrics.jsonl", "config.json", "summary.json"):
+        assert (out / name).is_file(), name
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2]
+    config = json.loads((out / "config.json").read_text())
+    assert set(config) == {f.name for f in dataclasses.fields(TrainConfig)}
+    assert TrainConfig.from_dict(config) == TrainConfig(epochs=2, hidden=(16,), latent_dim=2, out=str(out))
+    summary = json.loads((out / "summary.json").read_text())
+    assert math.isfinite(summary["best_val_elbo"]) and summary["best_val_elbo"] < 0
+    assert math.isfinite(summary["test_elbo"]) and summary["test_elbo"] < 0
+    assert summary["best_val_elbo"] == max(row["val_elbo"] for row in rows)
+    assert summary["epochs_run"] == 2 and summary["stop_reason"] == "completed"
+    for name in FIGURES:
+        assert_png(out / name)
+    ckpt = load_checkpoint(out / "checkpoint.pt")
+    assert ckpt["epoch"] == 2 and ckpt["model_kwargs"]["hidden"] == [16]
+
+
+def test_sample_command(trained_run, capsys):
+    target = trained_run / "s"
+    assert main(["sample", str(trained_run), "--num", "16", "--out", str(target)]) == 0
+    samples = np.load(trained_run / "s.npy")
+    assert samples.shape == (16, 64) and samples.dtype == np.float32
+    assert samples.min() >= 0 and samples.max() <= 1
+    assert_png(trained_run / "s.png")
+    assert "s.npy" in capsys.readouterr().out
+    # the same seed gives the same samples; they are the decoded prior draws of best.pt's model
+    vae, _ = load_vae(trained_run / "best.pt")
+    torch.manual_seed(0)
+    assert np.array_equal(samples, vae.sample(16).numpy())
+
+
+def test_reconstruct_command(trained_run):
+    target = trained_run / "r"
+    assert main(["reconstruct", str(trained_run / "best.pt"), "--num", "5", "--out", str(target)]) == 0
+    pairs = np.load(trained_run / "r.npy")
+    assert pairs.shape == (2, 5, 64)
+    data = load_dataset("digits", None, "dynamic", None, 0)
+    assert np.array_equal(pairs[0], data.test[:5].numpy())       # the (binarized) test inputs
+    vae, _ = load_vae(trained_run / "best.pt")
+    assert np.array_equal(pairs[1], vae.reconstruct(data.test[:5]).numpy())
+    assert_png(trained_run / "r.png")
+
+
+def test_console_script_help():
+    done = subprocess.run([str(CONSOLE_SCRIPT), "train", "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "--latent-dim" in done.stdout and "--resume" in done.stdout and "usage: pyro-vae train" in done.stdout
+
+
+# -- 2. --help covers the config -----------------------------------------------------------------------
+
+def test_every_config_field_has_a_documented_flag():
+    actions = {opt: a for a in train_subparser()._actions for opt in a.option_strings}
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        assert flag in actions, f"no {flag} for TrainConfig.{field.name}"
+        assert actions[flag].help and actions[flag].help.strip(), flag
+        assert actions[flag].dest == field.name
+    for flag in ("--resume", "--no-progress", "--no-figures"):
+        assert actions[flag].help
+
+
+def test_flag_defaults_are_the_config_defaults():
+    args = build_parser().parse_args(["train"])
+    assert config_from_args(args) == TrainConfig()
+    args = build_parser().parse_args(["train", "--hidden", "8,4", "--lr-schedule", "cosine", "--clip-norm", "2",
+                                      "--warmup-epochs", "1.5", "--valid-size", "100"])
+    assert config_from_args(args) == TrainConfig(hidden=(8, 4), lr_schedule="cosine", clip_norm=2.0,
+                                                 warmup_epochs=1.5, valid_size=100)
+
+
+# -- 3. clear errors -----------------------------------------------------------------------------------
+
+def assert_train_error(capsys, argv, *fragments):
+    assert main(["train", "--no-progress", "--no-figures", *argv]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith("pyro-vae train: error: "), captured.err
+    assert "Traceback" not in captured.err
+    assert len(captured.err.strip().splitlines()) == 1, captured.err
+    for fragment in fragments:
+        assert fragment in captured.err, (fragment, captured.err)
+    return captured.err
+
+
+def test_error_bernoulli_on_grey_levels(tmp_path, capsys):
+    assert_train_error(capsys, ["--binarize", "none", "--epochs", "1", "--out", str(tmp_path / "run")],
+                       "binary", "--binarize")
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_error_existing_checkpoint(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint.pt").write_bytes(b"previous run")
+    assert_train_error(capsys, ["--out", str(run)], "already exists", "--resume")
+    assert (run / "checkpoint.pt").read_bytes() == b"previous run"
+
+
+def test_error_resume_without_checkpoint(tmp_path, capsys):
+    assert_train_error(capsys, ["--resume", "--out", str(tmp_path / "run")], "--resume", "no checkpoint")
+
+
+def test_error_missing_mnist(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_train_error(capsys, ["--dataset", "mnist", "--data-dir", str(empty), "--out", str(tmp_path / "run")],
+                       "train-images-idx3-ubyte", "t10k-labels-idx1-ubyte", "--download", str(empty))
+
+
+def test_error_missing_array_file(tmp_path, capsys):
+    missing = tmp_path / "some.npz"
+    assert_train_error(capsys, ["--dataset", str(missing), "--out", str(tmp_path / "run")],
+                       str(missing), "does not exist")
+
+
+def test_error_values_outside_unit_interval(tmp_path, capsys):
+    path = tmp_path / "big.npy"
+    np.save(path, np.random.default_rng(0).uniform(0, 3, size=(50, 64)).astype(np.float32))
+    assert_train_error(capsys, ["--dataset", str(path), "--binarize", "none", "--likelihood",
+                                "continuous-bernoulli", "--out", str(tmp_path / "run")], "[0, 1]")
+
+
+def test_error_invalid_config_value(tmp_path, capsys):
+    assert_train_error(capsys, ["--lr", "-1", "--out", str(tmp_path / "run")], "lr must be > 0")
+
+
+@pytest.mark.parametrize("value", ["0", "abc", "16,-2", ""])
+def test_error_bad_hidden_is_an_argparse_error(capsys, value):
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--hidden", value])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --hidden" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["sample", "reconstruct"])
+def test_error_missing_checkpoint(tmp_path, capsys, command):
+    assert main([command, str(tmp_path / "nope.pt"), "--out", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"pyro-vae {command}: error: no checkpoint") and "Traceback" not in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_error_garbage_checkpoint(tmp_path, capsys):
+    garbage = tmp_path / "best.pt"
+    garbage.write_bytes(b"not a checkpoint")
+    assert main(["sample", str(garbage), "--out", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("pyro-vae sample: error:") and "not a readable pyro_vae checkpoint" in err
+
+
+# -- 4. python -m pyro_vae -----------------------------------------------------------------------------
+
+def test_python_dash_m_matches_console_entry_point(tmp_path, capsys):
+    args = ["train", "--epochs", "1", "--hidden", "16", "--latent-dim", "2", "--no-progress", "--no-figures"]
+    done = subprocess.run([sys.executable, "-m", "pyro_vae", *args, "--out", str(tmp_path / "m")],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "best validation ELBO" in done.stdout and "Traceback" not in done.stderr
+    assert not any((tmp_path / "m" / name).exists() for name in FIGURES)
+    # cli.main, which the pyro-vae console script calls, gives the very same run
+    assert main([*args, "--out", str(tmp_path / "c")]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == done.stdout.splitlines()[0]
+    a, b = load_checkpoint(tmp_path / "m" / "checkpoint.pt"), load_checkpoint(tmp_path / "c" / "checkpoint.pt")
+    for name, tensor in a["model_state"].items():
+        assert torch.equal(tensor, b["model_state"][name]), name
+    # errors through python -m: exit status 1 and the one-line message
+    bad = subprocess.run([sys.executable, "-m", "pyro_vae", *args, "--out", str(tmp_path / "m")],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and bad.stderr.startswith("pyro-vae train: error:") and "--resume" in bad.stderr
