@@ -19,9 +19,20 @@ from .likelihoods import LIKELIHOODS, SIGMA_MODES
 from .networks import ACTIVATIONS, NETWORKS
 from .objectives import OBJECTIVES
 from .priors import PRIORS
-from .training import LR_SCHEDULES, SUMMARY, TrainConfig, TrainingDiverged, load_vae, train
+from .training import (CHECKPOINT, LR_SCHEDULES, SUMMARY, TrainConfig, TrainingDiverged, load_checkpoint,
+                       load_vae, train)
 
 DEFAULTS = TrainConfig()
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
 
 
 def _int_list(text: str) -> List[int]:
@@ -45,9 +56,10 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                         "binarized-mnist); fashion-mnist is also found where Debian's dataset-fashion-mnist "
                         "package put it")
     g.add_argument("--download", action="store_true", help="download missing data files (needs internet)")
-    g.add_argument("--binarize", default=d.binarize, choices=BINARIZE_MODES,
+    g.add_argument("--binarize", default=d.binarize, choices=("auto",) + BINARIZE_MODES,
                    help="none: grey levels; static: binarized once (fixed seed); dynamic: training data "
-                        "resampled every epoch, valid/test binarized once (default: %(default)s)")
+                        "resampled every epoch, valid/test binarized once; auto: dynamic for the bernoulli "
+                        "likelihood, none otherwise and for binarized-mnist (default: %(default)s)")
     g.add_argument("--valid-size", type=int, default=d.valid_size,
                    help="training points held out for validation (default: the data set's own)")
     g = p.add_argument_group("model")
@@ -104,31 +116,53 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-figures", action="store_true", help="do not write the PNG figures")
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The :class:`TrainConfig` whose fields are the parsed flags of the same names."""
+def config_from_args(args: argparse.Namespace, explicit: Optional[set] = None) -> TrainConfig:
+    """The :class:`TrainConfig` whose fields are the parsed flags of the same names.
+
+    With ``--resume``, the run's saved config is the starting point and only the flags typed on the
+    command line (``explicit``) change it, so ``pyro-vae train --out DIR --resume --epochs 80`` works.
+    """
     names = [f.name for f in dataclasses.fields(TrainConfig)]
-    return TrainConfig.from_dict({name: getattr(args, name) for name in names})
+    values = {name: getattr(args, name) for name in names}
+    if args.resume:
+        path = Path(args.out) / CHECKPOINT
+        if not path.exists():
+            raise FileNotFoundError(f"--resume given but there is no checkpoint at {path}")
+        saved = load_checkpoint(path)["config"]
+        explicit = set(names) if explicit is None else explicit
+        values = {name: (values[name] if name in explicit else saved[name]) for name in names}
+    return TrainConfig.from_dict(values)
 
 
-def _cmd_train(args) -> int:
-    config = config_from_args(args)
+def _explicit_train_flags(argv: List[str]) -> set:
+    """Names of the ``train`` flags given on the command line (parsed again with defaults suppressed)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    _add_train_flags(parser)
+    for action in parser._actions:       # an absent flag then leaves no attribute behind
+        action.default = argparse.SUPPRESS
+    given, _ = parser.parse_known_args(argv[1:])
+    return set(vars(given))
+
+
+def _cmd_train(args, argv) -> int:
+    config = config_from_args(args, _explicit_train_flags(argv))
     result = train(config, resume=args.resume, progress=not args.no_progress, figures=not args.no_figures)
     if result.stop_reason == "interrupted":
-        print(f"Interrupted; checkpoint saved in {result.out_dir}. Continue with the same command plus --resume.")
+        print(f"Interrupted; checkpoint saved in {result.out_dir}. Continue with: "
+              f"pyro-vae train --out {result.out_dir} --resume")
         return 130
     summary = json.loads((result.out_dir / SUMMARY).read_text())
     print(f"best validation ELBO {summary['best_val_elbo']:.3f} nats at epoch {summary['best_epoch']} "
           f"({summary['stop_reason']}); test ELBO {summary['test_elbo']:.3f} nats")
-    print(f"wrote {result.out_dir}/: checkpoint.pt, best.pt, metrics.jsonl, config.json, summary.json"
-          + ("" if args.no_figures else ", curves.png, reconstructions.png, samples.png, latent.png"))
+    written = sorted(p.name for p in result.out_dir.iterdir() if p.suffix in (".pt", ".json", ".jsonl", ".png"))
+    print(f"wrote {result.out_dir}/: {', '.join(written)}")
     return 0
 
 
-def _cmd_sample(args) -> int:
+def _cmd_sample(args, argv) -> int:
     from .plots import plot_image_grid
-    from .training import load_checkpoint
     vae, _ = load_vae(args.checkpoint)
-    image_shape = load_checkpoint(args.checkpoint)["model_kwargs"]["image_shape"]
+    image_shape = load_checkpoint(args.checkpoint)["model_kwargs"]["image_shape"]   # load_vae checked it exists
     torch.manual_seed(args.seed)
     samples = vae.sample(args.num)                                  # [num, D]
     out = Path(args.out)
@@ -141,14 +175,15 @@ def _cmd_sample(args) -> int:
     return 0
 
 
-def _cmd_reconstruct(args) -> int:
+def _cmd_reconstruct(args, argv) -> int:
     from .plots import plot_reconstructions
-    from .training import load_checkpoint
     vae, config = load_vae(args.checkpoint)
-    image_shape = load_checkpoint(args.checkpoint)["model_kwargs"]["image_shape"]
-    data = load_dataset(config.dataset, args.data_dir or config.data_dir, config.binarize, config.valid_size,
-                        config.seed)
-    x = data.split(args.split)[: args.num]
+    image_shape = load_checkpoint(args.checkpoint)["model_kwargs"]["image_shape"]   # load_vae checked it exists
+    data = load_dataset(config.dataset, args.data_dir or config.data_dir, config.resolved_binarize(),
+                        config.valid_size, config.seed)
+    # in dynamic mode the train split holds grey levels: show it as the model saw it in epoch 1
+    split = data.train_epoch(0, config.seed) if args.split == "train" else data.split(args.split)
+    x = split[: args.num]
     recon = vae.reconstruct(x)
     out = Path(args.out)
     np.save(out.with_suffix(".npy"), np.stack([x.numpy(), recon.numpy()]))
@@ -169,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="draw samples from a trained model's prior",
                        description="Decode z ~ p(z) with a trained model; writes OUT.npy and, for images, OUT.png.")
     p.add_argument("checkpoint", help="a checkpoint file (best.pt, checkpoint.pt) or a run folder (uses best.pt)")
-    p.add_argument("--num", type=int, default=64, help="number of samples (default: %(default)s)")
+    p.add_argument("--num", type=_positive_int, default=64, help="number of samples (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--out", default="samples", help="output path without extension (default: %(default)s)")
     p.set_defaults(func=_cmd_sample)
@@ -179,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", help="a checkpoint file or a run folder (uses best.pt)")
     p.add_argument("--split", default="test", choices=("train", "valid", "test"),
                    help="which split to reconstruct (default: %(default)s)")
-    p.add_argument("--num", type=int, default=20, help="number of data points (default: %(default)s)")
+    p.add_argument("--num", type=_positive_int, default=20, help="number of data points (default: %(default)s)")
     p.add_argument("--data-dir", default=None, help="override the data folder stored in the checkpoint's config")
     p.add_argument("--out", default="reconstructions", help="output path without extension (default: %(default)s)")
     p.set_defaults(func=_cmd_reconstruct)
@@ -187,13 +222,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args.func(args)
+        return args.func(args, argv)
     except (DataError, ValueError, FileNotFoundError, FileExistsError, TrainingDiverged) as e:
         print(f"pyro-vae {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:   # outside the training loop (which saves and returns by itself)
+        print(f"pyro-vae {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

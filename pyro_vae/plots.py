@@ -27,7 +27,7 @@ Figures
     ``[N, D]`` images tiled in a grid, e.g. samples from the prior
     ``p(x | z), z ~ p(z)`` or latent traversals.
 :func:`plot_reconstructions`
-    Inputs and their reconstructions ``E[x | z ~ q(z | x)]`` as alternating row
+    Inputs and their reconstructions ``E[x | z = mean of q(z | x)]`` as alternating row
     pairs (input row, reconstruction row), at most 10 images per row.
 :func:`plot_latent_space`
     ``[N, Z]`` latent codes (typically encoder means) coloured by class label:

@@ -30,6 +30,7 @@ import signal
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -42,7 +43,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.infer.util import is_validation_enabled
 from tqdm.auto import tqdm
 
-from .data import Dataset, load_dataset
+from .data import BINARIZE_MODES, Dataset, load_dataset
 from .evaluation import mean_bound
 from .objectives import build_objective
 from .vae import VAE, build_vae
@@ -54,7 +55,7 @@ CONFIG = "config.json"
 SUMMARY = "summary.json"
 LR_SCHEDULES = ("none", "exponential", "cosine")
 # Changing these between a run and its --resume cannot corrupt the saved state.
-RESUMABLE_CHANGES = ("epochs", "patience", "out", "device", "data_dir", "download", "eval_batch_size")
+RESUMABLE_CHANGES = ("epochs", "patience", "out", "device", "data_dir", "download", "eval_batch_size", "clip_norm")
 
 
 @dataclasses.dataclass
@@ -65,7 +66,8 @@ class TrainConfig:
     dataset: str = "digits"          # embedded default: scikit-learn's 8x8 digits, works offline
     data_dir: Optional[str] = None
     download: bool = False           # opt-in: never touch the network unless asked
-    binarize: str = "dynamic"        # binary data for the Bernoulli likelihood, resampled every epoch
+    binarize: str = "auto"           # auto: dynamic for the Bernoulli likelihood (binary data, resampled
+                                     # every epoch), none for the others and for already-binary data
     valid_size: Optional[int] = None  # None: the data set's default hold-out size
     # model
     network: str = "mlp"
@@ -100,12 +102,16 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "latent_dim", "num_particles", "eval_batch_size"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr",):
-            if not getattr(self, name) > 0:
-                problems.append(f"{name} must be > 0, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            problems.append(f"lr must be a finite number > 0, got {self.lr}")
+        if not 0 < self.lr_gamma <= 1:
+            problems.append(f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
         for name in ("clip_norm", "warmup_epochs", "patience"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name} must be >= 0, got {getattr(self, name)}")
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                problems.append(f"{name} must be a finite number >= 0, got {value}")
+        if self.binarize not in ("auto",) + BINARIZE_MODES:
+            problems.append(f"binarize must be auto or one of {BINARIZE_MODES}, got {self.binarize!r}")
         if not self.hidden or min(self.hidden) < 1:
             problems.append(f"hidden must be one or more positive layer sizes, got {self.hidden}")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -114,6 +120,12 @@ class TrainConfig:
             problems.append(f"device must be cpu, cuda or auto, got {self.device!r}")
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
+
+    def resolved_binarize(self) -> str:
+        """The binarization mode ``auto`` stands for with this likelihood and data set."""
+        if self.binarize != "auto":
+            return self.binarize
+        return "dynamic" if self.likelihood == "bernoulli" and self.dataset != "binarized-mnist" else "none"
 
     def to_dict(self) -> Dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -186,17 +198,22 @@ def load_checkpoint(path, map_location: str = "cpu") -> Dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path} (train writes OUT/{CHECKPOINT} and OUT/{BEST})")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=False)
+        # weights_only: a checkpoint is data; loading one must never run code pickled into it
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
         raise ValueError(f"{path} is not a readable pyro_vae checkpoint: {e}") from e
-    if not isinstance(ckpt, dict) or "model_state" not in ckpt or "model_kwargs" not in ckpt:
-        raise ValueError(f"{path} is not a pyro_vae checkpoint (missing model_state/model_kwargs)")
+    if not isinstance(ckpt, dict) or "model_state" not in ckpt:
+        raise ValueError(f"{path} is not a pyro_vae checkpoint (no model_state)")
     return ckpt
 
 
 def load_vae(path, map_location: str = "cpu") -> Tuple[VAE, TrainConfig]:
     """Rebuild the VAE stored in a checkpoint file (or a run folder: its ``best.pt``) in eval mode."""
     ckpt = load_checkpoint(path, map_location)
+    if "model_kwargs" not in ckpt:
+        raise ValueError(f"{path} holds a model declared in Python (a Trainer run, not `pyro-vae train`): "
+                         f"rebuild it as you declared it and call "
+                         f"model.load_state_dict(load_checkpoint(path)['model_state'])")
     vae = build_vae(**ckpt["model_kwargs"])
     vae.load_state_dict(ckpt["model_state"])
     return vae.eval(), TrainConfig.from_dict(ckpt["config"])
@@ -228,7 +245,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _rng_state() -> Dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every random stream, as tensors and plain Python values (loadable with ``weights_only=True``)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, mt_state, gauss = random.getstate()
+    state = {"torch": torch.get_rng_state(),
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
+             "python": [version, list(mt_state), gauss]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -236,8 +258,10 @@ def _rng_state() -> Dict[str, Any]:
 
 def _set_rng_state(state: Dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    version, mt_state, gauss = state["python"]
+    random.setstate((version, tuple(mt_state), gauss))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -406,10 +430,8 @@ class Trainer:
         self._check_next_step = False
         loss_value = loss.item()
         if not math.isfinite(loss_value):
-            raise TrainingDiverged(
-                f"loss became {loss_value} at epoch {self.epoch + 1}, step {self.step + 1} "
-                f"(of {self.steps_per_epoch}); the last good checkpoint {self.out_dir / CHECKPOINT} "
-                f"(after epoch {self.epoch}) is kept. Try a smaller --lr or --clip-norm.")
+            raise self._diverged(f"loss became {loss_value} at epoch {self.epoch + 1}, step {self.step + 1} "
+                                 f"(of {self.steps_per_epoch})")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.clip_norm > 0:
@@ -417,9 +439,25 @@ class Trainer:
         self.optimizer.step()
         return loss_value
 
+    def _diverged(self, what: str) -> TrainingDiverged:
+        if self.epoch == 0:
+            kept = "no checkpoint was written (it diverged in the first epoch)"
+            advice = "start again with a smaller --lr or with --clip-norm 1"
+        else:
+            kept = f"the last good checkpoint {self.out_dir / CHECKPOINT} (after epoch {self.epoch}) is kept"
+            advice = ("continue it with --resume --clip-norm 1, or start a new --out with a smaller --lr")
+        return TrainingDiverged(f"{what}; {kept}. To recover, {advice}.")
+
     def _finish_epoch(self) -> bool:
-        """Validate, log, checkpoint; returns True if early stopping says stop."""
+        """Validate, log, checkpoint; returns True if early stopping says stop.
+
+        Nothing is saved unless the parameters and the validation bound are finite: a step whose loss
+        was finite can still leave NaN weights, and those must never become "the last good checkpoint".
+        """
         val_elbo = self.validation_elbo()
+        if not math.isfinite(val_elbo) or not all(torch.isfinite(p).all() for p in self.params):
+            raise self._diverged(f"the parameters or the validation ELBO ({val_elbo}) became non-finite "
+                                 f"during epoch {self.epoch + 1}")
         self.epoch += 1
         self.step = 0
         row = {"epoch": self.epoch,
@@ -447,7 +485,15 @@ class Trainer:
         return min(1.0, self.epoch / self.config.warmup_epochs)
 
     def fit(self) -> str:
-        """Run until ``config.epochs``, early stopping, or a stop request; returns the reason."""
+        """Run until ``config.epochs``, early stopping, or a stop request; returns the reason.
+
+        A fresh trainer refuses to start in a folder that already holds a checkpoint (never overwrite a
+        run by accident); load it with :meth:`load_state_dict` to continue it.
+        """
+        fresh = self.epoch == 0 and self.step == 0 and not self.history
+        if fresh and (self.out_dir / CHECKPOINT).exists():
+            raise FileExistsError(f"{self.out_dir / CHECKPOINT} already exists: pass --resume to continue that "
+                                  f"run, or choose another --out")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         total = self.config.epochs * self.steps_per_epoch
         done = min(self.epoch * self.steps_per_epoch + self.step, total)
@@ -546,14 +592,14 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
             raise FileNotFoundError(f"--resume given but there is no checkpoint at {ckpt_path}")
         ckpt = load_checkpoint(ckpt_path)
         _check_resume_config(ckpt["config"], config, ckpt_path)
-    elif ckpt_path.exists():
+    elif ckpt_path.exists():   # checked here too, before minutes of data loading
         raise FileExistsError(f"{ckpt_path} already exists: pass --resume to continue that run, "
                               f"or choose another --out")
     device = resolve_device(config.device)
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
     if data is None:
-        data = load_dataset(config.dataset, config.data_dir, config.binarize, config.valid_size,
+        data = load_dataset(config.dataset, config.data_dir, config.resolved_binarize(), config.valid_size,
                             config.seed, config.download)
     kwargs = model_kwargs(config, data)
     vae = build_vae(**kwargs).to(device)
@@ -587,7 +633,10 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         _atomic_write_text(json.dumps(summary, indent=2) + "\n", out / SUMMARY)
         if figures:
             from .plots import write_run_figures
-            write_run_figures(best, data, trainer.history, out)
+            try:
+                write_run_figures(best, data, trainer.history, out)
+            except Exception as e:  # noqa: BLE001 - a figure must never turn a finished run into a failure
+                warnings.warn(f"figures skipped: {e}")
     return TrainResult(best, trainer.history, trainer.best_epoch, trainer.best_val_elbo, stop_reason, out)
 
 

@@ -32,6 +32,19 @@ from .networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, NETWORKS
 from .priors import Prior, StandardNormalPrior, build_prior
 
 
+def _dimension(name: str, given: Optional[int], *parts) -> int:
+    """A size the parts must agree on: the explicit argument, else the parts' attributes of that name."""
+    found = {type(p).__name__: int(getattr(p, name)) for p in parts if p is not None and hasattr(p, name)}
+    if given is None and not found:
+        raise ValueError(f"cannot tell the VAE's {name}: pass {name}=... (or give the decoder a "
+                         f"{name!r} attribute, as pyro_vae's networks have)")
+    value = int(given) if given is not None else next(iter(found.values()))
+    mismatched = {k: v for k, v in found.items() if v != value}
+    if mismatched:
+        raise ValueError(f"{name} mismatch: the VAE uses {value}, but {mismatched}")
+    return value
+
+
 class VAE(nn.Module):
     """A VAE whose parts can be swapped.
 
@@ -42,21 +55,23 @@ class VAE(nn.Module):
         prior: p(z), a :class:`~pyro_vae.priors.Prior` (default: standard normal).
         name: prefix of the parameters in Pyro's param store.
         data_plate: name of the plate holding the per-datapoint sites.
+        latent_dim, data_dim: Z and D; needed only when the networks have no ``latent_dim``/``data_dim``
+            attributes (any ``nn.Module`` with the right input/output shapes works).
     """
 
     def __init__(self, encoder: nn.Module, decoder: nn.Module, likelihood: Likelihood,
-                 prior: Optional[Prior] = None, name: str = "vae", data_plate: str = "data"):
+                 prior: Optional[Prior] = None, name: str = "vae", data_plate: str = "data",
+                 latent_dim: Optional[int] = None, data_dim: Optional[int] = None):
         super().__init__()
         self.encoder, self.decoder, self.likelihood = encoder, decoder, likelihood
-        self.latent_dim = int(decoder.latent_dim)
-        self.data_dim = int(decoder.data_dim)
-        if getattr(encoder, "latent_dim", self.latent_dim) != self.latent_dim:
-            raise ValueError(f"encoder latent_dim {encoder.latent_dim} != decoder latent_dim {self.latent_dim}")
-        if getattr(encoder, "data_dim", self.data_dim) != self.data_dim:
-            raise ValueError(f"encoder data_dim {encoder.data_dim} != decoder data_dim {self.data_dim}")
+        self.latent_dim = _dimension("latent_dim", latent_dim, decoder, encoder, prior)
+        self.data_dim = _dimension("data_dim", data_dim, decoder, encoder)
         self.prior = prior if prior is not None else StandardNormalPrior(self.latent_dim)
-        if self.prior.latent_dim != self.latent_dim:
-            raise ValueError(f"prior latent_dim {self.prior.latent_dim} != model latent_dim {self.latent_dim}")
+        p_z = self.prior()
+        if tuple(p_z.batch_shape) != () or tuple(p_z.event_shape) != (self.latent_dim,):
+            raise ValueError(f"the prior must return a distribution with batch_shape () and event_shape "
+                             f"({self.latent_dim},) (use .to_event(1)); got batch_shape {tuple(p_z.batch_shape)}, "
+                             f"event_shape {tuple(p_z.event_shape)}")
         self.name, self.data_plate = name, data_plate
         # Checking x against the likelihood's support costs one pass over the batch; the trainer
         # validates whole splits once up front and switches this off.

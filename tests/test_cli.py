@@ -170,7 +170,7 @@ def test_error_values_outside_unit_interval(tmp_path, capsys):
 
 
 def test_error_invalid_config_value(tmp_path, capsys):
-    assert_train_error(capsys, ["--lr", "-1", "--out", str(tmp_path / "run")], "lr must be > 0")
+    assert_train_error(capsys, ["--lr", "-1", "--out", str(tmp_path / "run")], "lr must be a finite number > 0")
 
 
 @pytest.mark.parametrize("value", ["0", "abc", "16,-2", ""])
@@ -217,3 +217,40 @@ def test_python_dash_m_matches_console_entry_point(tmp_path, capsys):
     bad = subprocess.run([sys.executable, "-m", "pyro_vae", *args, "--out", str(tmp_path / "m")],
                          cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 1 and bad.stderr.startswith("pyro-vae train: error:") and "--resume" in bad.stderr
+
+
+# -- review findings ---------------------------------------------------------------------------------
+
+def test_resume_needs_only_the_flags_that_change(tmp_path, capsys):
+    """The README's `pyro-vae train --out DIR --resume --epochs N`: untyped flags come from the saved run."""
+    out = tmp_path / "run"
+    common = ["--out", str(out), "--no-progress", "--no-figures"]
+    assert main(["train", "--epochs", "1", "--hidden", "16", "--latent-dim", "3", "--lr", "0.002"] + common) == 0
+    assert main(["train", "--resume", "--epochs", "2"] + common) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["hidden"], config["latent_dim"], config["lr"], config["epochs"]) == ([16], 3, 0.002, 2)
+    assert [row["epoch"] for row in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())] == [1, 2]
+    capsys.readouterr()
+    # a typed flag that may not change is still refused, naming it
+    assert main(["train", "--resume", "--epochs", "3", "--latent-dim", "4"] + common) == 1
+    assert "latent_dim: 3 -> 4" in capsys.readouterr().err
+
+
+def test_figures_that_cannot_be_drawn_do_not_fail_a_finished_run(tmp_path, capsys):
+    data = tmp_path / "two_channel.npy"
+    np.save(data, np.random.default_rng(0).random((120, 2, 4, 4)).astype(np.float32))
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="figures skipped"):
+        code = main(["train", "--dataset", str(data), "--likelihood", "continuous-bernoulli", "--epochs", "1",
+                     "--hidden", "8", "--latent-dim", "2", "--out", str(out), "--no-progress"])
+    assert code == 0
+    assert (out / "summary.json").exists() and (out / "curves.png").exists()
+    printed = capsys.readouterr().out
+    assert "summary.json" in printed and "samples.png" not in printed   # lists only what was written
+
+
+@pytest.mark.parametrize("num", ["0", "-1", "x"])
+def test_sample_num_must_be_positive(trained_run, num, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["sample", str(trained_run), "--num", num])
+    assert info.value.code == 2 and "positive integer" in capsys.readouterr().err

@@ -127,10 +127,38 @@ def test_parts_are_swappable_and_checked():
     model_trace, _ = traces(vae, torch.randn(4, 6))
     assert torch.allclose(model_trace.nodes["z"]["fn"].mean, torch.full((4, 2), 3.0))
     assert torch.allclose(model_trace.nodes["x"]["fn"].base_dist.scale, torch.tensor(0.5))
-    with pytest.raises(ValueError, match="latent_dim"):
+    with pytest.raises(ValueError, match=r"latent_dim mismatch: the VAE uses 2, but \{'MLPEncoder': 3\}"):
         VAE(MLPEncoder(6, 3), MLPDecoder(2, 6), BernoulliLikelihood())
-    with pytest.raises(ValueError, match="prior latent_dim"):
+    with pytest.raises(ValueError, match=r"latent_dim mismatch.*StandardNormalPrior': 3"):
         VAE(MLPEncoder(6, 2), MLPDecoder(2, 6), BernoulliLikelihood(), build_prior("standard", 3))
+
+
+def test_any_module_with_the_right_shapes_plugs_in():
+    """Plain nn.Modules without latent_dim/data_dim attributes work when the sizes are passed."""
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Linear(6, 4)
+
+        def forward(self, x):
+            loc, raw = self.net(x).chunk(2, -1)
+            return loc, nn.functional.softplus(raw) + 1e-3
+
+    decoder = nn.Sequential(nn.Linear(2, 16), nn.Tanh(), nn.Linear(16, 6))
+    with pytest.raises(ValueError, match="pass latent_dim=..."):
+        VAE(Encoder(), decoder, BernoulliLikelihood())
+    vae = VAE(Encoder(), decoder, BernoulliLikelihood(), latent_dim=2, data_dim=6)
+    loss = Trace_ELBO().differentiable_loss(vae.model, vae.guide, binary(5, 6))
+    assert torch.isfinite(loss)
+
+
+def test_prior_with_wrong_shapes_is_refused_at_construction():
+    class BatchedPrior(Prior):          # forgot .to_event(1): batch_shape (2,), event_shape ()
+        def forward(self):
+            return dist.Normal(torch.zeros(self.latent_dim), 1.0)
+
+    with pytest.raises(ValueError, match=r"event_shape \(2,\) \(use .to_event\(1\)\)"):
+        VAE(MLPEncoder(6, 2), MLPDecoder(2, 6), BernoulliLikelihood(), BatchedPrior(2))
 
 
 def test_build_vae_rejects_unknown_names():

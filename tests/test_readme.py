@@ -38,7 +38,8 @@ def test_python_snippet_runs(index, tmp_path, monkeypatch, capsys):
     exec(compile(blocks("python")[index], f"README.md python block {index}", "exec"), {})
     printed = capsys.readouterr().out
     value = float(re.search(r"(-?\d+\.\d+) nats", printed).group(1))
-    assert -45 < value < -20, printed   # trained a little: between untrained (~-44) and converged (~-23)
+    # trained a little: an untrained model scores about -45.5, one epoch about -34, convergence about -23
+    assert -38 < value < -20, printed
 
 
 @pytest.mark.parametrize("line", commands("pyro-vae"))

@@ -468,8 +468,12 @@ def test_load_checkpoint_errors(tmp_path):
         load_checkpoint(garbage)
     other = tmp_path / "other.pt"
     torch.save({"weights": torch.ones(2)}, other)
-    with pytest.raises(ValueError, match="missing model_state"):
+    with pytest.raises(ValueError, match="no model_state"):
         load_checkpoint(other)
+    trainer_run = tmp_path / "trainer.pt"            # a Trainer run of a model declared in Python
+    torch.save({"model_state": {}, "config": TrainConfig().to_dict()}, trainer_run)
+    with pytest.raises(ValueError, match="declared in Python.*load_state_dict"):
+        load_vae(trainer_run)
 
 
 # -- 11. config validation -----------------------------------------------------------------------------
@@ -569,3 +573,71 @@ def test_trainer_direct_use_with_dynamic_binarization(tmp_path, digits):
     trainer = Trainer(vae, digits, config, progress=False)
     assert trainer.fit() == "completed"
     assert len(trainer.history) == 1
+
+
+# -- review findings: divergence that the loss does not show, first-epoch divergence, bad settings -----
+
+def test_nan_weights_with_finite_loss_never_become_the_checkpoint(tmp_path, digits):
+    """Poison a weight after the LAST step of epoch 2: the loss of that step was finite, so only the
+    epoch-end check can catch it; checkpoint.pt must stay at epoch 1 with finite weights."""
+    def poison(trainer):
+        with torch.no_grad():
+            next(trainer.module.decoder.parameters()).view(-1)[0] = float("nan")
+
+    config = tiny(tmp_path / "run")
+    steps = math.ceil(1257 / config.batch_size)
+    with pytest.raises(TrainingDiverged, match=r"non-finite during epoch 2.*after epoch 1\) is kept"):
+        run(config, digits, on_step=StepLog(at=(1, steps), action=poison))
+    ckpt = load_checkpoint(Path(config.out) / CHECKPOINT)
+    assert ckpt["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model_state"].values())
+    rows = read_metrics(config.out)
+    assert len(rows) == 1 and all(math.isfinite(v) for v in rows[0].values())
+
+
+def test_divergence_in_first_epoch_says_no_checkpoint_exists(tmp_path, digits):
+    def poison(trainer):
+        with torch.no_grad():
+            next(trainer.module.decoder.parameters()).view(-1)[0] = float("nan")
+
+    config = tiny(tmp_path / "run")
+    with pytest.raises(TrainingDiverged, match="no checkpoint was written") as info:
+        run(config, digits, on_step=StepLog(at=(0, 1), action=poison))
+    assert "after epoch 0" not in str(info.value)
+    assert not (Path(config.out) / CHECKPOINT).exists()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("lr_gamma", -1.0, "lr_gamma must be in"), ("lr_gamma", 0.0, "lr_gamma must be in"),
+    ("warmup_epochs", math.inf, "warmup_epochs must be a finite"), ("clip_norm", math.nan, "clip_norm must be a finite"),
+    ("lr", math.inf, "lr must be a finite"), ("binarize", "sometimes", "binarize must be auto"),
+])
+def test_config_rejects_settings_that_would_silently_misbehave(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**{field: value})
+
+
+@pytest.mark.parametrize("likelihood, dataset, expected", [
+    ("bernoulli", "digits", "dynamic"), ("continuous-bernoulli", "digits", "none"),
+    ("gaussian", "fashion-mnist", "none"), ("bernoulli", "binarized-mnist", "none"),
+])
+def test_auto_binarization_follows_the_likelihood(likelihood, dataset, expected):
+    assert TrainConfig(likelihood=likelihood, dataset=dataset).resolved_binarize() == expected
+    assert TrainConfig(likelihood=likelihood, dataset=dataset, binarize="static").resolved_binarize() == "static"
+
+
+def test_a_fresh_trainer_never_overwrites_a_run(tmp_path, digits):
+    config = tiny(tmp_path / "run", epochs=1)
+    run(config, digits)
+    vae = build_vae(digits.data_dim, latent_dim=2, hidden=(32,))
+    with pytest.raises(FileExistsError, match="--resume"):
+        Trainer(vae, digits, config, progress=False).fit()
+
+
+def test_checkpoints_load_without_unpickling_code(tmp_path, digits):
+    """Checkpoints hold only tensors and plain values, so torch.load(weights_only=True) reads them."""
+    config = tiny(tmp_path / "run", epochs=1)
+    run(config, digits)
+    for name in (CHECKPOINT, BEST):
+        ckpt = torch.load(Path(config.out) / name, weights_only=True)
+        assert "model_state" in ckpt
