@@ -16,18 +16,287 @@ K (``num_particles``) particles are vectorized in an outer plate (no Python loop
 
 Reference: Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014.
 """
+import math
+from typing import Optional
+
+import torch
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 
-OBJECTIVES = ("elbo", "meanfield")
+from .importance import (ImportanceWeights, ModelGuideContractError, guess_max_plate_nesting,
+                         importance_weights, per_datapoint_sum)
+
+OBJECTIVES = ("elbo", "meanfield", "iwae", "miwae", "ciwae", "piwae")
 
 
-def build_objective(name: str, num_particles: int = 1) -> ELBO:
-    """The objective called ``name`` (one of :data:`OBJECTIVES`) with ``num_particles`` particles."""
+def build_objective(name: str, num_particles: int = 1, gradient: str = "standard", num_outer: int = 1,
+                    ciwae_beta: float = 0.5) -> ELBO:
+    """The objective called ``name`` (one of :data:`OBJECTIVES`).
+
+    ``num_particles`` is K (per group for miwae/piwae, which draw ``num_outer * K``); ``gradient`` is the
+    guide-gradient estimator of iwae/miwae (standard, stl, dreg).
+    """
     if num_particles < 1:
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
+    if gradient != "standard" and name not in ("iwae", "miwae"):
+        raise ValueError(f"--gradient {gradient} applies to the iwae and miwae losses, not to {name!r}")
+    if num_outer != 1 and name not in ("miwae", "piwae"):
+        raise ValueError(f"--num-outer applies to the miwae and piwae losses, not to {name!r}")
     vectorize = num_particles > 1
     if name == "elbo":
         return Trace_ELBO(num_particles=num_particles, vectorize_particles=vectorize)
     if name == "meanfield":
         return TraceMeanField_ELBO(num_particles=num_particles, vectorize_particles=vectorize)
+    if name == "iwae":
+        return IWAE_ELBO(num_particles, gradient)
+    if name == "miwae":
+        return MIWAE_ELBO(num_particles, num_outer, gradient)
+    if name == "ciwae":
+        return CIWAE_ELBO(num_particles, ciwae_beta)
+    if name == "piwae":
+        return PIWAE_ELBO(num_particles, num_outer)
     raise ValueError(f"unknown loss {name!r}; choose one of {OBJECTIVES}")
+
+
+# -- the importance-weighted family -------------------------------------------------------------------
+#
+# Shape legend: K particles per group, M groups (outer particles), N data points in the batch.
+# All of these reduce the per-datapoint log weights log_w [M*K, N] of pyro_vae.importance; the plate's
+# subsample scale N_total / B is applied after the reduction, so a subsampled loss is exactly
+# (N_total / B) times minus the sum of per-datapoint bounds.
+
+GRADIENTS = ("standard", "stl", "dreg")
+
+
+class _ImportanceWeightedELBO(ELBO):
+    """Shared machinery: weights, scaling, ``loss`` (no grad), ``differentiable_loss``, ``loss_and_grads``.
+
+    Subclasses define :meth:`per_datapoint_bound` (``log_w [P, N] -> [N]``, higher is better) and may
+    override :meth:`_surrogate` for gradient estimators other than differentiating the bound itself.
+    """
+
+    def __init__(self, num_particles: int, gradient: str = "standard", plate: str = "data",
+                 max_plate_nesting: Optional[int] = None):
+        if num_particles < 1:
+            raise ValueError(f"num_particles must be >= 1, got {num_particles}")
+        if gradient not in GRADIENTS:
+            raise ValueError(f"unknown gradient estimator {gradient!r}; choose one of {GRADIENTS}")
+        super().__init__(num_particles=num_particles, vectorize_particles=True)
+        self.gradient, self.plate = gradient, plate
+        self._plate_nesting = max_plate_nesting
+
+    def per_datapoint_bound(self, log_w: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _get_trace(self, model, guide, args, kwargs):
+        raise NotImplementedError("importance-weighted objectives draw all particles at once; see _weights")
+
+    def _weights(self, model, guide, args, kwargs, detach_guide_params: bool) -> ImportanceWeights:
+        if self._plate_nesting is None:   # static model structure assumed, as in Pyro's own ELBOs
+            self._plate_nesting = guess_max_plate_nesting(model, guide, *args, **kwargs)
+        return importance_weights(model, guide, *args, num_particles=self.num_particles, plate=self.plate,
+                                  max_plate_nesting=self._plate_nesting,
+                                  detach_guide_params=detach_guide_params, **kwargs)
+
+    def loss(self, model, guide, *args, **kwargs) -> float:
+        """Minus the bound summed over the batch and scaled to the full data set (lower is better)."""
+        with torch.no_grad():
+            iw = self._weights(model, guide, args, kwargs, detach_guide_params=False)
+            return -iw.scale * self.per_datapoint_bound(iw.log_w).sum().item()
+
+    def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
+        """The loss as a tensor whose gradient is the chosen estimator (value: minus the scaled bound)."""
+        iw = self._weights(model, guide, args, kwargs, detach_guide_params=self.gradient in ("stl", "dreg"))
+        _check_reparameterized(iw.guide_trace, type(self).__name__)
+        bound = self.per_datapoint_bound(iw.log_w).sum()
+        surrogate = self._surrogate(iw)
+        loss = -iw.scale * bound
+        if surrogate is None:
+            return loss
+        surrogate = -iw.scale * surrogate
+        return loss.detach() + (surrogate - surrogate.detach())
+
+    def _surrogate(self, iw: ImportanceWeights) -> Optional[torch.Tensor]:
+        """A scalar whose gradient is the estimator's (None: the bound's own gradient)."""
+        return None
+
+    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+        loss = self.differentiable_loss(model, guide, *args, **kwargs)
+        loss.backward()
+        return loss.item()
+
+
+def _check_reparameterized(guide_trace, name: str) -> None:
+    for site_name, site in guide_trace.nodes.items():
+        if site["type"] == "sample" and not site["is_observed"] and not site["fn"].has_rsample:
+            raise ModelGuideContractError(
+                f"{name} needs reparameterized guide sites, but {site_name!r} ({type(site['fn']).__name__}) "
+                f"has no rsample; use Trace_ELBO (score-function gradients) for discrete latents")
+
+
+def _reshape_for_site(weights: torch.Tensor, value: torch.Tensor, site, plate: str, max_plate_nesting: int,
+                      event_dim: int) -> torch.Tensor:
+    """Broadcast per-particle, per-datapoint factors ``[P, N]`` onto a site value ``[P, ..., N, ..., event]``."""
+    frame = next((f for f in site["cond_indep_stack"] if f.name == plate), None)
+    if frame is None:
+        raise ModelGuideContractError(
+            f"DReG weights each datapoint's particles; latent site {site['name']!r} is outside the "
+            f"{plate!r} plate (a global latent): use gradient='standard' or 'stl'")
+    shape = [1] * (max_plate_nesting + 1)
+    shape[0] = weights.shape[0]
+    shape[max_plate_nesting + 1 + frame.dim] = weights.shape[1]
+    return weights.reshape(shape + [1] * event_dim)
+
+
+def _rescale_guide_gradients(iw: ImportanceWeights, factors: torch.Tensor, plate: str) -> None:
+    """Multiply the gradient flowing back into every reparameterized guide sample by ``factors [P, N]``."""
+    for site in iw.guide_trace.nodes.values():
+        if site["type"] != "sample" or site["is_observed"] or not site["value"].requires_grad:
+            continue
+        event_dim = len(site["fn"].event_shape)
+        f = _reshape_for_site(factors, site["value"], site, plate, iw.max_plate_nesting, event_dim)
+        site["value"].register_hook(lambda grad, f=f: grad * f)
+
+
+class MIWAE_ELBO(_ImportanceWeightedELBO):
+    r"""Multiply importance-weighted bound (Rainforth et al. 2018), with IWAE and the ELBO as special cases:
+
+    .. math::
+
+        \mathrm{MIWAE}_{M,K}(x) = \frac{1}{M} \sum_{m=1}^{M} \log \frac{1}{K} \sum_{k=1}^{K}
+            \frac{p(x, z_{mk})}{q(z_{mk} \mid x)}, \qquad z_{mk} \sim q(z \mid x),
+
+    ``log_w: [M*K, N] -> [N]``, higher is better, ``<= log p(x)``.  M = 1 is IWAE_K (Burda et al. 2016);
+    K = 1 is the ELBO averaged over M particles.  ``loss = -(N_total / B) * sum_n MIWAE(x_n)``, the same
+    scaling as ``Trace_ELBO``, so the two are comparable.
+
+    Gradient estimators for the guide (the model always gets the reparameterized gradient):
+
+    * ``"standard"``: differentiate the bound (reparameterized).  Its signal-to-noise ratio for the guide
+      decays as K grows (Rainforth et al. 2018).
+    * ``"stl"``: "sticking the landing" (Roeder et al. 2017): log q evaluated with the guide's
+      parameters detached, dropping the score term.  Unbiased for K = 1 only.
+    * ``"dreg"``: doubly reparameterized (Tucker et al. 2019): guide gradient
+      ``sum_k w~_k^2 d log w_k / dz_k dz_k/dphi`` with w~ the normalized weights; unbiased for any K,
+      with lower variance.  Needs every latent site inside the data plate.
+
+    All estimators need reparameterized guide sites; particles are vectorized in an outer plate.
+
+    References: [1] Burda, Grosse, Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
+    [2] Rainforth et al., "Tighter Variational Bounds are Not Necessarily Better", ICML 2018.
+    [3] Roeder, Wu, Duvenaud, "Sticking the Landing", NeurIPS 2017.
+    [4] Tucker, Lawson, Gu, Maddison, "Doubly Reparameterized Gradient Estimators", ICLR 2019.
+    """
+
+    def __init__(self, num_inner: int = 1, num_outer: int = 1, gradient: str = "standard", plate: str = "data",
+                 max_plate_nesting: Optional[int] = None):
+        if num_inner < 1 or num_outer < 1:
+            raise ValueError(f"num_inner and num_outer must be >= 1, got {num_inner}, {num_outer}")
+        super().__init__(num_inner * num_outer, gradient, plate, max_plate_nesting)
+        self.num_inner, self.num_outer = num_inner, num_outer
+
+    def _groups(self, log_w: torch.Tensor) -> torch.Tensor:
+        return log_w.reshape(self.num_outer, self.num_inner, log_w.shape[-1])        # [M, K, N]
+
+    def per_datapoint_bound(self, log_w):
+        return (torch.logsumexp(self._groups(log_w), 1) - math.log(self.num_inner)).mean(0)   # [N]
+
+    def _surrogate(self, iw):
+        if self.gradient != "dreg":
+            return None
+        with torch.no_grad():
+            w = torch.softmax(self._groups(iw.log_w), 1).reshape(iw.log_w.shape)      # [M*K, N], per group
+        _rescale_guide_gradients(iw, w, self.plate)        # guide: w~^2 d log w / dz (path through z)
+        return (w * iw.log_w).sum() / self.num_outer       # model: w~ d log w / d theta
+
+
+class IWAE_ELBO(MIWAE_ELBO):
+    r"""The importance-weighted bound (Burda et al. 2016) as a ``pyro.infer.ELBO``:
+
+    .. math::
+
+        \mathrm{IWAE}_K(x) = \mathbb{E}\Big[\log \frac{1}{K} \sum_{k=1}^K \frac{p(x, z_k)}{q(z_k \mid x)}\Big]
+        \le \mathrm{IWAE}_{K+1}(x) \le \log p(x), \qquad \mathrm{IWAE}_1 = \mathrm{ELBO}.
+
+    ``log_w: [K, N] -> [N]`` (higher is better); ``loss = -(N_total / B) sum_n IWAE_K(x_n)`` (lower is
+    better), scaled like ``Trace_ELBO``.  ``gradient`` is ``"standard"``, ``"stl"`` or ``"dreg"``
+    (see :class:`MIWAE_ELBO`).  Works in a plain ``pyro.infer.SVI`` loop::
+
+        svi = SVI(model, guide, pyro.optim.Adam({"lr": 1e-3}), IWAE_ELBO(num_particles=5, gradient="dreg"))
+    """
+
+    def __init__(self, num_particles: int = 1, gradient: str = "standard", plate: str = "data",
+                 max_plate_nesting: Optional[int] = None):
+        super().__init__(num_particles, 1, gradient, plate, max_plate_nesting)
+
+
+class CIWAE_ELBO(_ImportanceWeightedELBO):
+    r"""Combination IWAE (Rainforth et al. 2018): a convex combination of the ELBO and IWAE_K,
+
+    .. math::
+
+        \mathrm{CIWAE}_\beta(x) = \beta\, \frac{1}{K}\sum_k \log w_k + (1 - \beta)\, \log \frac{1}{K}\sum_k w_k,
+
+    ``log_w: [K, N] -> [N]``, higher is better, a lower bound on log p(x) for beta in [0, 1]: the ELBO
+    term keeps the guide's gradient signal strong, the IWAE term keeps the bound tight.
+    Standard (reparameterized) gradient only.
+    """
+
+    def __init__(self, num_particles: int = 1, beta: float = 0.5, plate: str = "data",
+                 max_plate_nesting: Optional[int] = None):
+        if not 0.0 <= beta <= 1.0:
+            raise ValueError(f"CIWAE needs beta in [0, 1], got {beta}")
+        super().__init__(num_particles, "standard", plate, max_plate_nesting)
+        self.beta = beta
+
+    def per_datapoint_bound(self, log_w):
+        iwae = torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])
+        return self.beta * log_w.mean(0) + (1 - self.beta) * iwae
+
+
+class PIWAE_ELBO(MIWAE_ELBO):
+    r"""Partially importance-weighted (Rainforth et al. 2018): the model is trained on the tight
+    IWAE_{M K} bound and the guide on MIWAE_{M, K}, whose gradient has a better signal-to-noise ratio.
+
+    ``loss`` reports minus IWAE_{M K} (the model's objective; ``log_w: [M*K, N] -> [N]``).  The guide's
+    gradient is the standard reparameterized MIWAE gradient, obtained by replacing the gradient that
+    reaches each reparameterized sample z with dMIWAE/dz (one extra backward pass through the model)
+    and adding the MIWAE score term for the guide's parameters.
+    """
+
+    def __init__(self, num_inner: int = 1, num_outer: int = 1, plate: str = "data",
+                 max_plate_nesting: Optional[int] = None):
+        super().__init__(num_inner, num_outer, "standard", plate, max_plate_nesting)
+
+    def per_datapoint_bound(self, log_w):
+        return torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])               # IWAE_{MK}
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        iw = self._weights(model, guide, args, kwargs, detach_guide_params=True)  # guide enters via z only
+        _check_reparameterized(iw.guide_trace, type(self).__name__)
+        log_w = iw.log_w                                                            # [M*K, N]
+        model_loss = -iw.scale * self.per_datapoint_bound(log_w).sum()
+        miwae_loss = -iw.scale * super().per_datapoint_bound(log_w).sum()
+        latent = [site for site in iw.guide_trace.nodes.values()
+                  if site["type"] == "sample" and not site["is_observed"] and site["value"].requires_grad]
+        grads = torch.autograd.grad(miwae_loss, [site["value"] for site in latent], retain_graph=True)
+        for site, grad in zip(latent, grads):
+            site["value"].register_hook(lambda _, grad=grad: grad)          # guide path: dMIWAE/dz
+        # the MIWAE score term for the guide's parameters: -(1/M) sum w~_mk d log q(z_mk)/dphi at fixed z
+        with torch.no_grad():
+            w = torch.softmax(self._groups(log_w), 1).reshape(log_w.shape) / self.num_outer
+        log_q = _guide_log_density(iw, self.plate)                                 # [M*K, N], z detached
+        score_loss = iw.scale * (w * log_q).sum()
+        return model_loss + (score_loss - score_loss.detach())
+
+
+def _guide_log_density(iw: ImportanceWeights, plate: str) -> torch.Tensor:
+    """sum over guide sites of log q(z | x) per particle and datapoint ``[P, N]``, with z detached
+    (gradient reaches the guide's parameters only)."""
+    total = 0.0
+    for site in iw.guide_trace.nodes.values():
+        if site["type"] != "sample" or site["is_observed"]:
+            continue
+        log_q = site["fn"].log_prob(site["value"].detach())
+        frame = next((f for f in site["cond_indep_stack"] if f.name == plate), None)
+        total = total + per_datapoint_sum(log_q, frame, iw.max_plate_nesting, *iw.log_w.shape, iw.num_data)
+    return total
