@@ -3,6 +3,7 @@
     pyro-vae train [flags]            train a VAE (default: the embedded 8x8 digits), see --help
     pyro-vae sample CHECKPOINT        decode draws from the prior to an image grid (and .npy)
     pyro-vae reconstruct CHECKPOINT   show data next to its reconstructions
+    pyro-vae evaluate CHECKPOINT      importance-sampled held-out log p(x) with error bars
 """
 import argparse
 import dataclasses
@@ -17,7 +18,7 @@ import torch
 from .data import BINARIZE_MODES, DataError, DATASETS, load_dataset
 from .likelihoods import LIKELIHOODS, SIGMA_MODES
 from .networks import ACTIVATIONS, NETWORKS
-from .objectives import OBJECTIVES
+from .objectives import GRADIENTS, OBJECTIVES
 from .priors import PRIORS
 from .training import (CHECKPOINT, LR_SCHEDULES, SUMMARY, TrainConfig, TrainingDiverged, load_checkpoint,
                        load_vae, train)
@@ -84,10 +85,19 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--prior", default=d.prior, choices=PRIORS, help="p(z) (default: %(default)s)")
     g = p.add_argument_group("objective and optimisation")
     g.add_argument("--loss", default=d.loss, choices=OBJECTIVES,
-                   help="elbo: Trace_ELBO (Monte-Carlo KL); meanfield: TraceMeanField_ELBO (analytic KL) "
+                   help="elbo: Trace_ELBO (Monte-Carlo KL); meanfield: TraceMeanField_ELBO (analytic KL); "
+                        "iwae: importance-weighted bound; miwae, ciwae, piwae: Rainforth et al. 2018 "
                         "(default: %(default)s)")
     g.add_argument("--num-particles", type=int, default=d.num_particles,
-                   help="samples of z per data point per step, vectorized (default: %(default)s)")
+                   help="K, samples of z per data point per step, vectorized (per group for miwae/piwae) "
+                        "(default: %(default)s)")
+    g.add_argument("--gradient", default=d.gradient, choices=GRADIENTS,
+                   help="guide-gradient estimator of iwae/miwae: standard (reparameterized), stl (sticking "
+                        "the landing), dreg (doubly reparameterized) (default: %(default)s)")
+    g.add_argument("--num-outer", type=int, default=d.num_outer,
+                   help="M, groups of K particles for miwae/piwae (default: %(default)s)")
+    g.add_argument("--ciwae-beta", type=float, default=d.ciwae_beta,
+                   help="ciwae: weight of the ELBO term in beta*ELBO + (1-beta)*IWAE (default: %(default)s)")
     g.add_argument("--epochs", type=int, default=d.epochs, help="maximum epochs (default: %(default)s)")
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="minibatch size (default: %(default)s)")
     g.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (default: %(default)s)")
@@ -194,6 +204,42 @@ def _cmd_reconstruct(args, argv) -> int:
     return 0
 
 
+def _cmd_evaluate(args, argv) -> int:
+    from .evaluation import evaluate
+    vae, config = load_vae(args.checkpoint)
+    data = load_dataset(config.dataset, args.data_dir or config.data_dir, config.resolved_binarize(),
+                        config.valid_size, config.seed)
+    if args.split == "train" and data.binarize == "dynamic":
+        raise ValueError("the train split is re-binarized every epoch (dynamic binarization); evaluate on "
+                         "valid or test, which are binarized once")
+    x = data.split(args.split)
+    if args.num is not None:
+        x = x[: args.num]
+    torch.manual_seed(args.seed)
+    summary = evaluate(vae.model, vae.guide, x, num_samples=args.num_samples, particle_chunk=args.particle_chunk,
+                       batch_size=args.batch_size, progress=not args.no_progress)
+    print(summary.headline())
+    print(f"  split {args.split}: {len(x)} points, S = {args.num_samples} importance samples each "
+          f"(standard error over datapoints; Monte-Carlo error of the mean {summary.stderr_mc:.3f})")
+    print(f"  ELBO = {summary.elbo:.2f}, inference gap log p(x) - ELBO = {summary.inference_gap:.2f} nats")
+    print("  IWAE_k: " + ", ".join(f"k={k}: {v:.2f}" for k, v in summary.iwae_curve.items()))
+    ess = summary.effective_sample_size
+    print(f"  effective sample size per point: median {ess.median():.0f}, min {ess.min():.1f} of {args.num_samples}")
+    if summary.active_units is not None:
+        print(f"  active units: {summary.active_units} of {len(summary.latent_variances)} "
+              f"(Cov_x E_q[z_d] > 0.01)")
+    out = Path(args.out) if args.out else Path(args.checkpoint).resolve()
+    if out.suffix == ".pt":
+        out = out.parent
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"evaluation_{args.split}.json"
+    record = {"checkpoint": str(args.checkpoint), "split": args.split, "seed": args.seed,
+              "num_points": len(x), **summary.to_dict()}
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyro-vae", description="Variational autoencoders as Pyro programs.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -218,6 +264,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="override the data folder stored in the checkpoint's config")
     p.add_argument("--out", default="reconstructions", help="output path without extension (default: %(default)s)")
     p.set_defaults(func=_cmd_reconstruct)
+    p = sub.add_parser("evaluate", help="importance-sampled held-out log p(x) of a trained model",
+                       description="Estimate log p(x) per data point by importance sampling with the guide "
+                                   "(log (1/S) sum_s p(x, z_s) / q(z_s | x)); prints 'log p(x) = MEAN ± SE nats' "
+                                   "(standard error over data points) with the ELBO, the IWAE_k curve, effective "
+                                   "sample sizes and active units, and writes OUT/evaluation_SPLIT.json with the "
+                                   "per-datapoint values. Higher is better.")
+    p.add_argument("checkpoint", help="a checkpoint file or a run folder (uses best.pt)")
+    p.add_argument("--split", default="test", choices=("train", "valid", "test"),
+                   help="which split to evaluate (default: %(default)s)")
+    p.add_argument("--num-samples", type=_positive_int, default=5000,
+                   help="S, importance samples per data point (default: %(default)s, as in the IWAE paper)")
+    p.add_argument("--num", type=_positive_int, default=None, help="evaluate only the first NUM points of the split")
+    p.add_argument("--particle-chunk", type=_positive_int, default=500,
+                   help="samples drawn at once; memory grows with chunk x batch (default: %(default)s)")
+    p.add_argument("--batch-size", type=_positive_int, default=100,
+                   help="data points at once (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--data-dir", default=None, help="override the data folder stored in the checkpoint's config")
+    p.add_argument("--out", default=None, help="folder for evaluation_SPLIT.json (default: the run folder)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_evaluate)
     return parser
 
 

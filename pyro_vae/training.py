@@ -80,8 +80,11 @@ class TrainConfig:
     learn_sigma: str = "fixed"       # fixed | global | pixel
     prior: str = "standard"
     # objective and optimisation
-    loss: str = "elbo"               # elbo (Trace_ELBO) | meanfield (TraceMeanField_ELBO)
-    num_particles: int = 1
+    loss: str = "elbo"               # elbo | meanfield | iwae | miwae | ciwae | piwae (pyro_vae.objectives)
+    num_particles: int = 1           # K: samples of z per data point (per group for miwae/piwae)
+    gradient: str = "standard"       # iwae/miwae guide gradient: standard | stl | dreg
+    num_outer: int = 1               # M: groups of K particles for miwae/piwae
+    ciwae_beta: float = 0.5          # ciwae: weight of the ELBO term
     epochs: int = 300               # digits: ~1 minute on 2 CPU cores; early stopping usually ends it sooner
     batch_size: int = 100
     lr: float = 1e-3                 # Adam's usual default; stable for every likelihood here
@@ -99,7 +102,7 @@ class TrainConfig:
         self.hidden = tuple(int(h) for h in self.hidden)
         self.channels = tuple(int(c) for c in self.channels)
         problems = []
-        for name in ("epochs", "batch_size", "latent_dim", "num_particles", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "latent_dim", "num_particles", "num_outer", "eval_batch_size"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -302,7 +305,8 @@ class Trainer:
                  objective: Optional[ELBO] = None, checkpoint_extra: Optional[Dict[str, Any]] = None,
                  on_step: Optional[Callable] = None, progress: bool = True):
         self.module, self.data, self.config = module, data, config
-        self.objective = objective or build_objective(config.loss, config.num_particles)
+        self.objective = objective or build_objective(config.loss, config.num_particles, config.gradient,
+                                                      config.num_outer, config.ciwae_beta)
         self.checkpoint_extra = checkpoint_extra or {}
         self.on_step, self.progress = on_step, progress
         self.device = next(module.parameters()).device

@@ -1,0 +1,160 @@
+"""Time and peak memory of the importance-sampled log p(x): pyro_vae against a plain-PyTorch chunked
+implementation (and pythae's ``get_nll`` where pythae is installed), measured in one run.
+
+Setting (issue 3): S = 5000 importance samples for each of 1,000 test points of a 784-400-20 MLP
+Bernoulli VAE (statically binarized Fashion-MNIST from Debian's dataset-fashion-mnist package where
+installed, else random binary images; the cost does not depend on pixel values).
+
+The reference is what a competent engineer writes by hand: the same encoder/decoder modules, the same
+particle chunk and data batch sizes, reparameterised z, ``binary_cross_entropy_with_logits``, the
+closed-form Gaussian log-densities, a float64 running log-sum-exp, under ``torch.no_grad()``.
+
+Each implementation runs in its own child process (so its peak resident memory, ``ru_maxrss`` above the
+process's baseline after loading, is its own), alternately, ``--repeats`` times; medians are reported.
+Target: time ratio <= 1.2.
+
+    python benchmarks/log_likelihood.py [--num-points 1000] [--num-samples 5000] [--repeats 1]
+"""
+import argparse
+import math
+import multiprocessing as mp
+import platform
+import resource
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+LATENT, HIDDEN, D = 20, (400,), 784
+
+
+def load_points(num_points):
+    from pyro_vae.data import DataError, load_dataset
+    try:
+        return load_dataset("fashion-mnist", binarize="static").test[:num_points], "Fashion-MNIST test (static binarization)"
+    except DataError:
+        g = torch.Generator().manual_seed(0)
+        return (torch.rand(num_points, D, generator=g) < 0.3).float(), "random binary 28x28 images"
+
+
+@torch.no_grad()
+def plain_log_likelihood(encoder, decoder, x, num_samples, particle_chunk, batch_size):
+    """Hand-written chunked importance sampling: log (1/S) sum_s p(x, z_s) / q(z_s | x) per point."""
+    log_2pi = math.log(2 * math.pi)
+    out = []
+    for xb in x.split(batch_size):                                           # [B, D]
+        loc, scale = encoder(xb)                                             # [B, Z]
+        acc = torch.full((xb.shape[0],), -math.inf, dtype=torch.float64)
+        for start in range(0, num_samples, particle_chunk):
+            c = min(particle_chunk, num_samples - start)
+            eps = torch.randn((c,) + loc.shape)                              # [C, B, Z]
+            z = loc + scale * eps
+            logits = decoder(z)                                              # [C, B, D]
+            log_px_z = -F.binary_cross_entropy_with_logits(logits, xb.expand_as(logits), reduction="none").sum(-1)
+            log_pz = -0.5 * (z.pow(2) + log_2pi).sum(-1)
+            log_qz = (-0.5 * (eps.pow(2) + log_2pi) - scale.log()).sum(-1)
+            acc = torch.logaddexp(acc, torch.logsumexp((log_px_z + log_pz - log_qz).double(), 0))
+        out.append(acc - math.log(num_samples))
+    return torch.cat(out)
+
+
+def _child(which, num_points, num_samples, chunk, batch, threads, queue):
+    torch.set_num_threads(threads)
+    from pyro_vae import build_vae, log_likelihood
+    torch.manual_seed(0)
+    vae = build_vae(D, LATENT, HIDDEN).eval()
+    x, _ = load_points(num_points)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss     # after imports, model and data
+    if which == "pyro_vae":
+        run = lambda xs, s: log_likelihood(vae.model, vae.guide, xs, num_samples=s,   # noqa: E731
+                                           particle_chunk=chunk, batch_size=batch)
+    elif which == "plain":
+        run = lambda xs, s: plain_log_likelihood(vae.encoder, vae.decoder, xs, s, chunk, batch)   # noqa: E731
+    else:
+        run = _pythae_runner(vae, chunk, batch)
+    run(x[:batch], min(num_samples, chunk))                          # warm-up (counted in the peak)
+    torch.manual_seed(1)
+    t0 = time.perf_counter()
+    values = run(x, num_samples)
+    seconds = time.perf_counter() - t0
+    peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    queue.put((which, seconds, peak_mib, float(torch.as_tensor(values).double().mean())))
+
+
+def _pythae_runner(vae, chunk, batch):
+    """pythae's VAE.get_nll on the same networks (pythae's own loop over data points)."""
+    from pythae.models import VAE as PythaeVAE, VAEConfig
+    from pythae.models.base.base_utils import ModelOutput
+    from pythae.models.nn import BaseDecoder, BaseEncoder
+
+    class Encoder(BaseEncoder):
+        def __init__(self):
+            super().__init__()
+            self.net = vae.encoder
+
+        def forward(self, x):
+            loc, scale = self.net(x.reshape(x.shape[0], -1))
+            return ModelOutput(embedding=loc, log_covariance=2 * scale.log())
+
+    class Decoder(BaseDecoder):
+        def __init__(self):
+            super().__init__()
+            self.net = vae.decoder
+
+        def forward(self, z):
+            return ModelOutput(reconstruction=torch.sigmoid(self.net(z)).reshape(z.shape[0], 1, 28, 28))
+
+    model = PythaeVAE(VAEConfig(input_dim=(1, 28, 28), latent_dim=LATENT, reconstruction_loss="bce"),
+                      encoder=Encoder(), decoder=Decoder()).eval()
+
+    def run(xs, s):
+        return torch.tensor(model.get_nll(xs.reshape(-1, 1, 28, 28), n_samples=s, batch_size=chunk))
+    return run
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--num-points", type=int, default=1000)
+    parser.add_argument("--num-samples", type=int, default=5000)
+    parser.add_argument("--particle-chunk", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args(argv)
+
+    try:
+        import pythae  # noqa: F401
+        contenders = ["plain", "pyro_vae", "pythae"]
+    except ImportError:
+        contenders = ["plain", "pyro_vae"]
+    ctx = mp.get_context("spawn")
+    results = {name: [] for name in contenders}
+    for r in range(args.repeats):
+        for name in (contenders if r % 2 == 0 else contenders[::-1]):
+            queue = ctx.Queue()
+            proc = ctx.Process(target=_child, args=(name, args.num_points, args.num_samples, args.particle_chunk,
+                                                    args.batch_size, args.threads, queue))
+            proc.start()
+            results[name].append(queue.get())
+            proc.join()
+
+    _, source = load_points(1)
+    print(f"log p(x) benchmark: S={args.num_samples} on {args.num_points} points, 784-400-20 Bernoulli VAE, "
+          f"chunks of {args.particle_chunk} samples x {args.batch_size} points")
+    print(f"data: {source}; torch {torch.__version__}, {args.threads} threads, {platform.machine()}, "
+          f"python {platform.python_version()}; {args.repeats} run(s) each, medians")
+    base = statistics.median(r[1] for r in results["plain"])
+    for name in contenders:
+        secs = statistics.median(r[1] for r in results[name])
+        mem = statistics.median(r[2] for r in results[name])
+        mean = statistics.median(r[3] for r in results[name])
+        print(f"  {name:<9s} {secs:8.1f} s  peak +{mem:7.0f} MiB  mean log p(x) {mean:9.3f}  time ratio {secs / base:.3f}")
+    if "pythae" not in contenders:
+        print("  pythae    not installed (pip install pythae to include it)")
+    ratio = statistics.median(r[1] for r in results["pyro_vae"]) / base
+    print(f"RATIO pyro_vae/plain = {ratio:.3f} (target <= 1.2): {'OK' if ratio <= 1.2 else 'ABOVE TARGET'}")
+
+
+if __name__ == "__main__":
+    main()
