@@ -29,6 +29,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import pyro.distributions as dist
 
+from .distributions import BernoulliVector
+
 LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "gaussian")
 SIGMA_MODES = ("fixed", "global", "pixel")
 
@@ -78,7 +80,7 @@ class BernoulliLikelihood(Likelihood):
     name = "bernoulli"
 
     def forward(self, decoder_out):
-        return dist.Bernoulli(logits=decoder_out, validate_args=False).to_event(1)
+        return BernoulliVector(decoder_out, validate_args=False)
 
     def validate(self, x):
         super().validate(x)

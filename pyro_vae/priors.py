@@ -16,6 +16,8 @@ import torch
 import torch.nn as nn
 import pyro.distributions as dist
 
+from .distributions import DiagonalNormal
+
 PRIORS = ("standard",)
 
 
@@ -47,7 +49,7 @@ class StandardNormalPrior(Prior):
         self.register_buffer("scale", torch.ones(latent_dim))
 
     def forward(self):
-        return dist.Normal(self.loc, self.scale, validate_args=False).to_event(1)
+        return DiagonalNormal(self.loc, self.scale, validate_args=False)
 
 
 def build_prior(name: str, latent_dim: int) -> Prior:

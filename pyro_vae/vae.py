@@ -27,6 +27,7 @@ import torch.nn as nn
 import pyro
 import pyro.distributions as dist
 
+from .distributions import DiagonalNormal
 from .likelihoods import Likelihood, build_likelihood
 from .networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, NETWORKS
 from .priors import Prior, StandardNormalPrior, build_prior
@@ -116,7 +117,7 @@ class VAE(nn.Module):
             pyro.module(self.name, self)
         with self._plate(x, num_data):
             loc, scale = self.encoder(x)                             # [N, Z] each
-            return pyro.sample("z", dist.Normal(loc, scale, validate_args=False).to_event(1))
+            return pyro.sample("z", DiagonalNormal(loc, scale, validate_args=False))
 
     # -- plain tensor helpers (no Pyro) ------------------------------------------------------------
 
