@@ -13,7 +13,7 @@ over pixels, the closed-form Gaussian KL, the full-data scaling N/B, and the sam
 The two are timed in interleaved rounds (A B B A ...) so that drifts in machine load hit both;
 each reported number is the median over rounds.  Target: ratio <= 1.25.
 
-    python benchmarks/train_step.py [--rounds 30] [--steps 25] [--threads N] [--profile]
+    python benchmarks/train_step.py [--rounds 60] [--steps 25] [--threads N] [--profile]
 """
 import argparse
 import copy
@@ -65,7 +65,7 @@ class PlainVAE(torch.nn.Module):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--steps", type=int, default=25, help="steps per timed block")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     parser.add_argument("--profile", action="store_true", help="also print where pyro_vae's step spends its time")

@@ -38,10 +38,10 @@ class DiagonalNormal(dist.TorchDistribution):
         super().__init__(loc.shape[:-1], loc.shape[-1:], validate_args=validate_args)
 
     def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(DiagonalNormal, _instance)
+        new = self._get_checked_instance(type(self), _instance)
         shape = torch.Size(batch_shape) + self.event_shape
         new.loc, new.scale = self.loc.expand(shape), self.scale.expand(shape)
-        super(DiagonalNormal, new).__init__(torch.Size(batch_shape), self.event_shape, validate_args=False)
+        dist.TorchDistribution.__init__(new, torch.Size(batch_shape), self.event_shape, validate_args=False)
         new._validate_args = self._validate_args
         return new
 
@@ -64,6 +64,15 @@ class DiagonalNormal(dist.TorchDistribution):
 
     def entropy(self) -> torch.Tensor:
         return (self.scale.log() + 0.5 + _HALF_LOG_2PI).sum(-1)
+
+
+class StandardNormal(DiagonalNormal):
+    """``N(z; 0, I_Z)`` with ``log_prob = -|z|^2 / 2 - Z log(2 pi) / 2``, without touching loc and scale
+    (three tensor ops instead of six, forward and backward, at every step).  ``loc, scale: [..., Z]``
+    must be zeros and ones (what :class:`~pyro_vae.priors.StandardNormalPrior` passes)."""
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return -0.5 * value.pow(2).sum(-1) - self.event_shape[0] * _HALF_LOG_2PI
 
 
 def _kl_diagonal(loc_q, scale_q, loc_p, scale_p) -> torch.Tensor:

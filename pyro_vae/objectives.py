@@ -133,7 +133,7 @@ def _check_reparameterized(guide_trace, name: str) -> None:
                 f"has no rsample; use Trace_ELBO (score-function gradients) for discrete latents")
 
 
-def _reshape_for_site(weights: torch.Tensor, value: torch.Tensor, site, plate: str, max_plate_nesting: int,
+def _reshape_for_site(weights: torch.Tensor, site, plate: str, max_plate_nesting: int,
                       event_dim: int) -> torch.Tensor:
     """Broadcast per-particle, per-datapoint factors ``[P, N]`` onto a site value ``[P, ..., N, ..., event]``."""
     frame = next((f for f in site["cond_indep_stack"] if f.name == plate), None)
@@ -153,7 +153,7 @@ def _rescale_guide_gradients(iw: ImportanceWeights, factors: torch.Tensor, plate
         if site["type"] != "sample" or site["is_observed"] or not site["value"].requires_grad:
             continue
         event_dim = len(site["fn"].event_shape)
-        f = _reshape_for_site(factors, site["value"], site, plate, iw.max_plate_nesting, event_dim)
+        f = _reshape_for_site(factors, site, plate, iw.max_plate_nesting, event_dim)
         site["value"].register_hook(lambda grad, f=f: grad * f)
 
 

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import pyro.distributions as dist
 
-from .distributions import DiagonalNormal
+from .distributions import StandardNormal
 
 PRIORS = ("standard",)
 
@@ -49,7 +49,7 @@ class StandardNormalPrior(Prior):
         self.register_buffer("scale", torch.ones(latent_dim))
 
     def forward(self):
-        return DiagonalNormal(self.loc, self.scale, validate_args=False)
+        return StandardNormal(self.loc, self.scale, validate_args=False)
 
 
 def build_prior(name: str, latent_dim: int) -> Prior:

@@ -381,3 +381,14 @@ def test_diagonal_normal_equals_independent_normal_and_keeps_the_closed_form_kl(
     # TraceMeanField_ELBO falls back to the Monte-Carlo term rather than using a wrong formula
     with pytest.raises(NotImplementedError):
         kl_divergence(fast, dist.Independent(dist.Normal(torch.zeros(3, 4, dtype=torch.float64), 1.0), 2))
+
+
+def test_standard_normal_prior_distribution_matches_normal_0_1():
+    from pyro_vae.distributions import StandardNormal
+    prior = build_prior("standard", 3).double()()
+    assert isinstance(prior, StandardNormal) and prior.event_shape == (3,) and prior.batch_shape == ()
+    z = torch.randn(4, 5, 3, dtype=torch.float64)
+    expected = dist.Normal(torch.zeros(3, dtype=torch.float64), 1.0).to_event(1).log_prob(z)
+    assert torch.allclose(prior.log_prob(z), expected, atol=1e-12)
+    assert torch.allclose(prior.expand((4, 5)).log_prob(z), expected, atol=1e-12)
+    assert isinstance(prior.expand((4, 5)), StandardNormal)
