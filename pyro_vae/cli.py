@@ -82,7 +82,13 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--learn-sigma", default=d.learn_sigma, choices=SIGMA_MODES,
                    help="gaussian likelihood: fixed sigma, one learned (global), or one per pixel "
                         "(default: %(default)s)")
-    g.add_argument("--prior", default=d.prior, choices=PRIORS, help="p(z) (default: %(default)s)")
+    g.add_argument("--prior", default=d.prior, choices=PRIORS,
+                   help="p(z): standard normal, mog (mixture of Gaussians) or vamp (VampPrior, Tomczak & "
+                        "Welling 2018) (default: %(default)s)")
+    g.add_argument("--prior-components", type=int, default=d.prior_components,
+                   help="mixture components (mog) or pseudo-inputs (vamp) (default: %(default)s)")
+    g.add_argument("--vamp-init", default=d.vamp_init, choices=("data", "random"),
+                   help="vamp: pseudo-inputs start as random training points or near 0.5 (default: %(default)s)")
     g = p.add_argument_group("objective and optimisation")
     g.add_argument("--loss", default=d.loss, choices=OBJECTIVES,
                    help="elbo: Trace_ELBO (Monte-Carlo KL); meanfield: TraceMeanField_ELBO (analytic KL); "

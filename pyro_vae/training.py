@@ -78,7 +78,9 @@ class TrainConfig:
     likelihood: str = "bernoulli"
     sigma: float = 0.1               # gaussian likelihood: fixed sigma, or initial value if learned
     learn_sigma: str = "fixed"       # fixed | global | pixel
-    prior: str = "standard"
+    prior: str = "standard"          # standard | mog | vamp
+    prior_components: int = 10       # C mixture components (mog) or K pseudo-inputs (vamp; 500 in the paper)
+    vamp_init: str = "data"          # vamp: pseudo-inputs start as random training points (data) or near 0.5 (random)
     # objective and optimisation
     loss: str = "elbo"               # elbo | meanfield | iwae | miwae | ciwae | piwae (pyro_vae.objectives)
     num_particles: int = 1           # K: samples of z per data point (per group for miwae/piwae)
@@ -102,7 +104,8 @@ class TrainConfig:
         self.hidden = tuple(int(h) for h in self.hidden)
         self.channels = tuple(int(c) for c in self.channels)
         problems = []
-        for name in ("epochs", "batch_size", "latent_dim", "num_particles", "num_outer", "eval_batch_size"):
+        for name in ("epochs", "batch_size", "latent_dim", "num_particles", "num_outer", "eval_batch_size",
+                     "prior_components"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -113,6 +116,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 problems.append(f"{name} must be a finite number >= 0, got {value}")
+        if self.vamp_init not in ("data", "random"):
+            problems.append(f"vamp_init must be data or random, got {self.vamp_init!r}")
         if self.binarize not in ("auto",) + BINARIZE_MODES:
             problems.append(f"binarize must be auto or one of {BINARIZE_MODES}, got {self.binarize!r}")
         if not self.hidden or min(self.hidden) < 1:
@@ -227,7 +232,8 @@ def model_kwargs(config: TrainConfig, data: Dataset) -> Dict[str, Any]:
     return dict(data_dim=data.data_dim, latent_dim=config.latent_dim, hidden=list(config.hidden),
                 network=config.network, image_shape=list(data.image_shape) if data.image_shape else None,
                 activation=config.activation, likelihood=config.likelihood, sigma=config.sigma,
-                learn_sigma=config.learn_sigma, prior=config.prior, channels=list(config.channels))
+                learn_sigma=config.learn_sigma, prior=config.prior, channels=list(config.channels),
+                prior_components=config.prior_components)
 
 
 def make_adam(params: List[torch.Tensor], lr: float) -> torch.optim.Adam:
@@ -606,7 +612,10 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         data = load_dataset(config.dataset, config.data_dir, config.resolved_binarize(), config.valid_size,
                             config.seed, config.download)
     kwargs = model_kwargs(config, data)
-    vae = build_vae(**kwargs).to(device)
+    vae = build_vae(**kwargs)
+    if config.prior == "vamp" and config.vamp_init == "data" and ckpt is None:
+        vae.prior.init_from_data(data.train, torch.Generator().manual_seed(config.seed))
+    vae = vae.to(device)
     # validate every split once here (clear errors before any work), then not per step
     for split in ("train", "valid", "test"):
         try:

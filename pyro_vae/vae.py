@@ -153,7 +153,7 @@ class VAE(nn.Module):
 def build_vae(data_dim: int, latent_dim: int = 10, hidden: Sequence[int] = (400,), network: str = "mlp",
               image_shape: Optional[Sequence[int]] = None, activation: str = "relu",
               likelihood: str = "bernoulli", sigma: float = 0.1, learn_sigma: str = "fixed",
-              prior: str = "standard", channels: Sequence[int] = (32, 64)) -> VAE:
+              prior: str = "standard", channels: Sequence[int] = (32, 64), prior_components: int = 10) -> VAE:
     """A VAE from plain settings (what the CLI and the checkpoint loader use).
 
     ``network="mlp"`` uses ``hidden`` for the encoder and, mirrored, for the decoder;
@@ -172,4 +172,4 @@ def build_vae(data_dim: int, latent_dim: int = 10, hidden: Sequence[int] = (400,
     else:
         raise ValueError(f"unknown network {network!r}; choose one of {NETWORKS}")
     return VAE(encoder, decoder, build_likelihood(likelihood, data_dim, sigma, learn_sigma),
-               build_prior(prior, latent_dim))
+               build_prior(prior, latent_dim, prior_components, encoder=encoder, data_dim=data_dim))
