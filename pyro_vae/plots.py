@@ -597,13 +597,73 @@ def plot_latent_space(
     return _save(fig, path, tight=True)
 
 
+def plot_prior_density(log_density: Any, z: Any, labels: Any, path: PathLike, extent: Optional[float] = None,
+                       title: str = "Prior density p(z) and the aggregate posterior") -> Path:
+    """Contours of a 2-D prior density with encoded points on top (the aggregate posterior).
+
+    ``log_density``: a callable ``[G, 2] tensor -> [G]`` log p(z) (e.g. ``prior().log_prob``);
+    ``z``: ``[N, 2]`` encoder means; ``labels``: ``[N]`` or None.  Holes in latent space show up as
+    prior mass without points, over-regularisation as points squeezed inside the prior's mode.
+    """
+    pts = _to_numpy(z).astype(np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 2:
+        raise ValueError(f"plot_prior_density needs 2-D latent codes [N, 2], got shape {pts.shape}")
+    half = extent if extent is not None else max(3.0, float(np.nanmax(np.abs(pts))) * 1.1)
+    grid = np.linspace(-half, half, 200)
+    zz1, zz2 = np.meshgrid(grid, grid)
+    flat = torch.tensor(np.stack([zz1.ravel(), zz2.ravel()], -1), dtype=torch.float32)
+    with torch.no_grad():
+        density = np.exp(_to_numpy(log_density(flat)).reshape(zz1.shape))
+    fig = _new_figure((6.4, 5.4))
+    ax = fig.add_subplot(1, 1, 1)
+    filled = ax.contourf(zz1, zz2, density, levels=20, cmap="Greys")
+    fig.colorbar(filled, ax=ax, label="p(z)")
+    lab = None if labels is None else _to_numpy(labels).reshape(-1)
+    ax.scatter(pts[:, 0], pts[:, 1], s=6, alpha=0.7, c=lab if lab is not None else "tab:red",
+               cmap="tab10" if lab is not None else None, linewidths=0)
+    ax.set_xlabel("z1")
+    ax.set_ylabel("z2")
+    ax.set_title(title)
+    return _save(fig, path, tight=True)
+
+
+def write_prior_figures(model: Any, data: Any, out_dir: PathLike) -> List[Path]:
+    """Figures of a learned prior (``model.prior`` a mixture-of-Gaussians or VampPrior, see
+    :mod:`pyro_vae.priors`): ``prior_components.png`` (each component's mean decoded, MoG) or
+    ``pseudo_inputs.png`` (the pseudo-inputs above their reconstructions, VampPrior), and for a 2-D
+    latent ``prior_density.png`` (:func:`plot_prior_density` with the test set encoded)."""
+    from .priors import MixtureOfGaussiansPrior, VampPrior
+
+    out_dir = Path(out_dir)
+    prior, written = model.prior, []
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        if data.image_shape is not None and isinstance(prior, MixtureOfGaussiansPrior):
+            order = torch.argsort(prior.weights, descending=True)[:64]
+            written.append(plot_image_grid(model.decode(prior.means[order]), data.image_shape,
+                                           out_dir / "prior_components.png",
+                                           title="Mixture components: E[x | z = mu_c], by weight"))
+        if data.image_shape is not None and isinstance(prior, VampPrior):
+            u = prior.inputs()[:30]
+            written.append(plot_reconstructions(u, model.reconstruct(u), data.image_shape,
+                                                out_dir / "pseudo_inputs.png",
+                                                title="VampPrior pseudo-inputs (top) and their reconstructions"))
+        if model.latent_dim == 2:
+            test = data.test.to(device)
+            loc = torch.cat([model.encode(test[i:i + 1000])[0] for i in range(0, len(test), 1000)])
+            written.append(plot_prior_density(lambda g: prior().log_prob(g.to(device)).cpu(), loc.cpu(),
+                                              data.test_labels, out_dir / "prior_density.png"))
+    return written
+
+
 def write_run_figures(model: Any, data: Any, history: Sequence[Mapping[str, Any]], out_dir: PathLike,
                       num_images: int = 30, seed: int = 0) -> List[Path]:
     """The figures of a training run, written to ``out_dir``:
 
     ``curves.png`` (training objective and validation ELBO per epoch), ``reconstructions.png``
     (test inputs above their reconstructions), ``samples.png`` (decoded draws from the prior) and
-    ``latent.png`` (test-set encoder means coloured by label; PCA when Z > 2).
+    ``latent.png`` (test-set encoder means coloured by label; PCA when Z > 2), plus
+    :func:`write_prior_figures`.
 
     ``model`` needs ``reconstruct(x)``, ``sample(n)`` and ``encode(x) -> (loc, scale)``, as
     :class:`pyro_vae.VAE` has; ``data`` is a :class:`pyro_vae.data.Dataset`.  Image figures are
@@ -624,4 +684,5 @@ def write_run_figures(model: Any, data: Any, history: Sequence[Mapping[str, Any]
         loc = torch.cat([model.encode(test[i:i + 1000])[0] for i in range(0, len(test), 1000)])
         written.append(plot_latent_space(loc, data.test_labels, out_dir / "latent.png",
                                          title="Test set: encoder means"))
+        written += write_prior_figures(model, data, out_dir)
     return written

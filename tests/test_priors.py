@@ -195,3 +195,25 @@ def test_training_on_digits_moves_the_prior_and_resumes_exactly(prior_name, tmp_
     for name, value in resumed.model.state_dict().items():
         if name.startswith("prior."):
             assert torch.equal(value, final[name]), name             # the prior resumes exactly
+
+
+@pytest.mark.parametrize("prior_name, figure", [("mog", "prior_components.png"), ("vamp", "pseudo_inputs.png")])
+def test_cli_trains_samples_and_draws_each_prior(prior_name, figure, tmp_path):
+    import numpy as np
+    from pyro_vae.cli import main
+    out = tmp_path / prior_name
+    assert main(["train", "--prior", prior_name, "--prior-components", "12", "--latent-dim", "2", "--hidden", "16",
+                 "--epochs", "2", "--out", str(out), "--no-progress"]) == 0
+    for name in (figure, "prior_density.png", "samples.png"):
+        assert (out / name).stat().st_size > 1000, name
+    config = __import__("json").loads((out / "config.json").read_text())
+    assert (config["prior"], config["prior_components"]) == (prior_name, 12)
+    assert main(["sample", str(out), "--num", "9", "--out", str(tmp_path / "s")]) == 0
+    samples = np.load(tmp_path / "s.npy")
+    assert samples.shape == (9, 64) and ((samples >= 0) & (samples <= 1)).all()
+
+
+def test_prior_density_plot_needs_a_2d_latent(tmp_path):
+    from pyro_vae.plots import plot_prior_density
+    with pytest.raises(ValueError, match=r"2-D latent codes \[N, 2\]"):
+        plot_prior_density(lambda g: g.sum(-1), torch.zeros(5, 3), None, tmp_path / "x.png")
