@@ -1,0 +1,1 @@
+"""Reproducible studies: ``python -m experiments run STUDY --budget smoke|small|full``."""

@@ -1,0 +1,46 @@
+"""``python -m experiments run STUDY --budget smoke|small|full [--out DIR]``.
+
+Writes ``experiments/results/STUDY/`` (or ``--out``): ``table.md``, ``metrics.json`` (with the exact command,
+the git revision and the seeds) and the study's plot.  Studies are resumable: finished runs are kept.
+"""
+import argparse
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from . import priors
+
+STUDIES = {"priors": priors}
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def git_revision() -> str:
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                             cwd=RESULTS.parent, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "pyro_vae", "experiments/priors.py"],
+                               capture_output=True, text=True, cwd=RESULTS.parent).stdout.strip()
+        return rev + ("+uncommitted changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="run a study")
+    p.add_argument("study", choices=sorted(STUDIES))
+    p.add_argument("--budget", default="small", choices=("smoke", "small", "full"),
+                   help="smoke: seconds (CI); small: ~15 min on 2 CPU cores; full: paper scale, for a GPU")
+    p.add_argument("--out", default=None, help="output folder (default: experiments/results/STUDY)")
+    args = parser.parse_args(argv)
+    out = Path(args.out) if args.out else RESULTS / args.study
+    command = "python -m experiments " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    table = STUDIES[args.study].run(args.budget, out, command, git_revision())
+    print((out / "table.md").read_text())
+    return 0 if table else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
