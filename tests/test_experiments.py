@@ -1,0 +1,23 @@
+"""The experiment runner end to end on the smoke budget (what CI can afford), and its resumability."""
+import json
+
+from experiments.__main__ import main
+
+
+def test_prior_study_smoke_writes_table_metrics_and_plot_and_resumes(tmp_path, capsys):
+    out = tmp_path / "priors"
+    assert main(["run", "priors", "--budget", "smoke", "--out", str(out)]) == 0
+    table = (out / "table.md").read_text()
+    for prior in ("standard", "mog", "vamp"):
+        assert f"| {prior} |" in table
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["command"].startswith("python -m experiments run priors --budget smoke")
+    assert metrics["seeds"] == [0] and metrics["revision"]
+    assert {r["prior"] for r in metrics["runs"]} == {"standard", "mog", "vamp"}
+    assert all(-70 < r["log_px"] < -20 and r["elbo"] <= r["log_px"] + 0.5 for r in metrics["runs"])
+    assert (out / "priors.png").stat().st_size > 1000
+    # a second run reuses every finished run instead of training again
+    records = sorted(out.glob("runs/*/record.json"))
+    stamps = [p.stat().st_mtime_ns for p in records]
+    assert main(["run", "priors", "--budget", "smoke", "--out", str(out)]) == 0
+    assert [p.stat().st_mtime_ns for p in records] == stamps
