@@ -29,7 +29,7 @@ Conventions (shape legend: K particles, N data points in the batch, M other plat
 import copy
 import dataclasses
 import math
-from typing import Callable, Optional
+from typing import Callable, Dict, Optional
 
 import torch
 import pyro
@@ -56,6 +56,8 @@ class ImportanceWeights:
         guide_trace, model_trace: the vectorized traces (for gradient estimators that need the
             guide's sample values, e.g. DReG).
         max_plate_nesting: number of plates to the right of the particle plate.
+        guide_factors: per guide site, the factor its log q carries inside the weights (1 unless a
+            site-specific scale such as the KL warm-up beta tempers it).
     """
     log_w: torch.Tensor
     scale: float
@@ -63,6 +65,7 @@ class ImportanceWeights:
     guide_trace: poutine.Trace
     model_trace: poutine.Trace
     max_plate_nesting: int
+    guide_factors: Dict[str, float]
 
 
 def guess_max_plate_nesting(model: Callable, guide: Callable, *args, **kwargs) -> int:
@@ -139,19 +142,26 @@ def importance_weights(model: Callable, guide: Callable, *args, num_particles: i
                                                trace=guide_trace)).get_trace(*args, **kwargs)
     guide_trace, model_trace = prune_subsample_sites(guide_trace), prune_subsample_sites(model_trace)
 
-    terms = []      # (sign, unscaled log-density, site scale, data-plate frame or None)
+    guide_latents = {name for name, site in guide_trace.nodes.items()
+                     if site["type"] == "sample" and not site["is_observed"]}
+    terms = []      # (site name, sign, unscaled log-density, site scale, data-plate frame or None)
     for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
         for name, site in trace.nodes.items():
             if site["type"] != "sample" or (sign < 0 and site["is_observed"]):
                 continue
             if sign < 0 and name in model_trace.nodes and model_trace.nodes[name]["is_observed"]:
                 raise ModelGuideContractError(f"site {name!r} is sampled in the guide but observed in the model")
+            if sign > 0 and not site["is_observed"] and name not in guide_latents:
+                raise ModelGuideContractError(
+                    f"latent site {name!r} of the model is not sampled by the guide: importance weights need "
+                    f"q for every latent (add it to the guide)")
             fn = detach_distribution(site["fn"]) if sign < 0 and detach_guide_params else site["fn"]
             log_p = fn.log_prob(site["value"])
             mask = site["mask"]
             if mask is not None:
-                log_p = log_p.masked_fill(~mask.bool(), 0.0) if torch.is_tensor(mask) else log_p * float(mask)
-            terms.append((sign, log_p, site["scale"], _data_frame(site, plate)))
+                mask = mask.bool() if torch.is_tensor(mask) else torch.tensor(bool(mask), device=log_p.device)
+                log_p = torch.where(mask, log_p, torch.zeros_like(log_p))     # masked out, even a -inf
+            terms.append((name, sign, log_p, site["scale"], _data_frame(site, plate)))
     frames = [frame for *_, frame in terms if frame is not None]
     if not frames:
         raise ModelGuideContractError(
@@ -161,16 +171,19 @@ def importance_weights(model: Callable, guide: Callable, *args, num_particles: i
     plate_scale = num_data / batch
 
     # Each site's scale is (plate subsample scale, inside the plate) x (a poutine.scale factor).
-    if any(torch.is_tensor(scale) for _, _, scale, _ in terms):
+    if any(torch.is_tensor(scale) for _, _, _, scale, _ in terms):
         raise ModelGuideContractError("tensor-valued poutine.scale factors are not supported by importance weights")
-    factors = [scale / (plate_scale if frame is not None else 1.0) for _, _, scale, frame in terms]
+    factors = [scale / (plate_scale if frame is not None else 1.0) for _, _, _, scale, frame in terms]
     common = factors[0] if all(math.isclose(f, factors[0], rel_tol=1e-12) for f in factors) else 1.0
 
-    log_w = 0.0
-    for (sign, log_p, _, frame), factor in zip(terms, factors):
+    log_w, guide_factors = 0.0, {}
+    for (name, sign, log_p, _, frame), factor in zip(terms, factors):
         log_w = log_w + (sign * factor / common) * per_datapoint_sum(
             log_p, frame, max_plate_nesting, num_particles, batch, num_data)
-    return ImportanceWeights(log_w, plate_scale * common, num_data, guide_trace, model_trace, max_plate_nesting)
+        if sign < 0:
+            guide_factors[name] = factor / common
+    return ImportanceWeights(log_w, plate_scale * common, num_data, guide_trace, model_trace, max_plate_nesting,
+                             guide_factors)
 
 
 def log_weights(model: Callable, guide: Callable, *args, num_particles: int = 1, plate: str = "data",

@@ -107,6 +107,8 @@ class _ImportanceWeightedELBO(ELBO):
         """The loss as a tensor whose gradient is the chosen estimator (value: minus the scaled bound)."""
         iw = self._weights(model, guide, args, kwargs, detach_guide_params=self.gradient in ("stl", "dreg"))
         _check_reparameterized(iw.guide_trace, type(self).__name__)
+        if self.gradient != "standard":
+            _check_path_gradient_guide(iw.guide_trace, f"gradient={self.gradient!r}")
         bound = self.per_datapoint_bound(iw.log_w).sum()
         surrogate = self._surrogate(iw)
         loss = -iw.scale * bound
@@ -147,14 +149,39 @@ def _reshape_for_site(weights: torch.Tensor, site, plate: str, max_plate_nesting
     return weights.reshape(shape + [1] * event_dim)
 
 
-def _rescale_guide_gradients(iw: ImportanceWeights, factors: torch.Tensor, plate: str) -> None:
-    """Multiply the gradient flowing back into every reparameterized guide sample by ``factors [P, N]``."""
-    for site in iw.guide_trace.nodes.values():
+def _rescale_guide_gradients(iw: ImportanceWeights, w: torch.Tensor, plate: str) -> None:
+    """DReG: multiply the gradient flowing back into each reparameterized guide sample by
+    ``(1 - c) + c w~ [P, N]``, where c is the factor the site's log q carries inside the weights: w~ (so
+    w~^2 overall) for c = 1; with KL warm-up's tempered weights (c = beta) the doubly reparameterized
+    identity gives ((1 - beta) w~ + beta w~^2) d log w / dz."""
+    for name, site in iw.guide_trace.nodes.items():
         if site["type"] != "sample" or site["is_observed"] or not site["value"].requires_grad:
             continue
+        c = iw.guide_factors[name]
         event_dim = len(site["fn"].event_shape)
-        f = _reshape_for_site(factors, site, plate, iw.max_plate_nesting, event_dim)
+        f = _reshape_for_site((1 - c) + c * w, site, plate, iw.max_plate_nesting, event_dim)
         site["value"].register_hook(lambda grad, f=f: grad * f)
+
+
+def _check_path_gradient_guide(guide_trace, name: str) -> None:
+    """STL, DReG and PIWAE's guide gradient detach the guide distributions' parameters and act on the
+    sampled z.  That is exact for one reparameterized latent site whose distribution's parameters are its
+    own tensors; with a hierarchical guide (q(z2 | z1): its parameters depend on another sample, whose
+    gradient path detaching would cut, and the per-site gradient hooks would compound) or a transformed
+    distribution (parameters inside transforms that cannot be detached) it is not, so refuse clearly."""
+    latent = [(n, s) for n, s in guide_trace.nodes.items() if s["type"] == "sample" and not s["is_observed"]]
+    if len(latent) > 1:
+        raise ModelGuideContractError(
+            f"{name} supports guides with one latent site; this guide samples {[n for n, _ in latent]}: "
+            f"use gradient='standard' (hierarchical guides lose gradient paths under detached parameters)")
+    for site_name, site in latent:
+        fn = site["fn"]
+        while fn is not None:
+            if isinstance(fn, torch.distributions.TransformedDistribution):
+                raise ModelGuideContractError(
+                    f"{name} cannot detach the parameters of {site_name!r}, a transformed distribution; "
+                    f"use gradient='standard'")
+            fn = getattr(fn, "base_dist", None)
 
 
 class MIWAE_ELBO(_ImportanceWeightedELBO):
@@ -273,11 +300,14 @@ class PIWAE_ELBO(MIWAE_ELBO):
     def differentiable_loss(self, model, guide, *args, **kwargs):
         iw = self._weights(model, guide, args, kwargs, detach_guide_params=True)  # guide enters via z only
         _check_reparameterized(iw.guide_trace, type(self).__name__)
+        _check_path_gradient_guide(iw.guide_trace, type(self).__name__)
         log_w = iw.log_w                                                            # [M*K, N]
         model_loss = -iw.scale * self.per_datapoint_bound(log_w).sum()
         miwae_loss = -iw.scale * super().per_datapoint_bound(log_w).sum()
         latent = [site for site in iw.guide_trace.nodes.values()
                   if site["type"] == "sample" and not site["is_observed"] and site["value"].requires_grad]
+        if not latent:
+            raise ModelGuideContractError("PIWAE_ELBO needs a guide whose samples depend on trainable parameters")
         grads = torch.autograd.grad(miwae_loss, [site["value"] for site in latent], retain_graph=True)
         for site, grad in zip(latent, grads):
             site["value"].register_hook(lambda _, grad=grad: grad)          # guide path: dMIWAE/dz
@@ -290,13 +320,15 @@ class PIWAE_ELBO(MIWAE_ELBO):
 
 
 def _guide_log_density(iw: ImportanceWeights, plate: str) -> torch.Tensor:
-    """sum over guide sites of log q(z | x) per particle and datapoint ``[P, N]``, with z detached
-    (gradient reaches the guide's parameters only)."""
+    """sum over guide sites of c log q(z | x) per particle and datapoint ``[P, N]``, with z detached
+    (gradient reaches the guide's parameters only) and c the factor each site carries inside the weights
+    (the KL warm-up beta, else 1)."""
     total = 0.0
-    for site in iw.guide_trace.nodes.values():
+    for name, site in iw.guide_trace.nodes.items():
         if site["type"] != "sample" or site["is_observed"]:
             continue
         log_q = site["fn"].log_prob(site["value"].detach())
         frame = next((f for f in site["cond_indep_stack"] if f.name == plate), None)
-        total = total + per_datapoint_sum(log_q, frame, iw.max_plate_nesting, *iw.log_w.shape, iw.num_data)
+        total = total + iw.guide_factors[name] * per_datapoint_sum(
+            log_q, frame, iw.max_plate_nesting, *iw.log_w.shape, iw.num_data)
     return total
