@@ -597,6 +597,11 @@ def plot_latent_space(
     return _save(fig, path, tight=True)
 
 
+def _encoder_means(model: Any, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """``model.encode(x)[0]`` in batches: the means of q(z | x), ``[N, Z]``."""
+    return torch.cat([model.encode(x[i:i + batch_size])[0] for i in range(0, len(x), batch_size)])
+
+
 def plot_prior_density(log_density: Any, z: Any, labels: Any, path: PathLike, extent: Optional[float] = None,
                        title: str = "Prior density p(z) and the aggregate posterior") -> Path:
     """Contours of a 2-D prior density with encoded points on top (the aggregate posterior).
@@ -649,8 +654,7 @@ def write_prior_figures(model: Any, data: Any, out_dir: PathLike) -> List[Path]:
                                                 out_dir / "pseudo_inputs.png",
                                                 title="VampPrior pseudo-inputs (top) and their reconstructions"))
         if model.latent_dim == 2:
-            test = data.test.to(device)
-            loc = torch.cat([model.encode(test[i:i + 1000])[0] for i in range(0, len(test), 1000)])
+            loc = _encoder_means(model, data.test.to(device))
             written.append(plot_prior_density(lambda g: prior().log_prob(g.to(device)).cpu(), loc.cpu(),
                                               data.test_labels, out_dir / "prior_density.png"))
     return written
@@ -681,7 +685,7 @@ def write_run_figures(model: Any, data: Any, history: Sequence[Mapping[str, Any]
                                                 out_dir / "reconstructions.png"))
             written.append(plot_image_grid(model.sample(64), data.image_shape, out_dir / "samples.png",
                                            title="Samples: E[x | z], z ~ p(z)"))
-        loc = torch.cat([model.encode(test[i:i + 1000])[0] for i in range(0, len(test), 1000)])
+        loc = _encoder_means(model, test)
         written.append(plot_latent_space(loc, data.test_labels, out_dir / "latent.png",
                                          title="Test set: encoder means"))
         written += write_prior_figures(model, data, out_dir)
