@@ -284,7 +284,9 @@ class PIWAE_ELBO(MIWAE_ELBO):
     r"""Partially importance-weighted (Rainforth et al. 2018): the model is trained on the tight
     IWAE_{M K} bound and the guide on MIWAE_{M, K}, whose gradient has a better signal-to-noise ratio.
 
-    ``loss`` reports minus IWAE_{M K} (the model's objective; ``log_w: [M*K, N] -> [N]``).  The guide's
+    ``loss`` reports minus IWAE_{M K} (the model's objective; ``log_w: [M*K, N] -> [N]``).  With a
+    VampPrior the encoder is part of the model too (it defines p(z)): it then receives the IWAE_{M K}
+    gradient through the prior and the MIWAE gradient through the guide.  Needs a guide with one latent site.  The guide's
     gradient is the standard reparameterized MIWAE gradient, obtained by replacing the gradient that
     reaches each reparameterized sample z with dMIWAE/dz (one extra backward pass through the model)
     and adding the MIWAE score term for the guide's parameters.

@@ -117,7 +117,8 @@ class VampPrior(Prior):
         init: ``[K, D]`` initial pseudo-inputs (e.g. random training points; see :meth:`init_from_data`),
             default ``0.5 + 0.05 N(0, 1)``, near the middle of [0, 1] data.
         clamp: pass the pseudo-inputs through ``clamp(u, 0, 1)``, the data range of pixel intensities (the
-            paper's hard-tanh); False leaves them unconstrained.
+            paper's hard-tanh); False leaves them unconstrained (use it for data outside [0, 1]; the CLI's
+            ``--prior vamp`` always clamps).
     """
 
     def __init__(self, encoder: nn.Module, data_dim: int, latent_dim: int, num_pseudo_inputs: int = 500,
