@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import priors
+from . import estimators, priors
 
-STUDIES = {"priors": priors}
+STUDIES = {"estimators": estimators, "priors": priors}
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -19,7 +19,7 @@ def git_revision() -> str:
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                              cwd=RESULTS.parent, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "pyro_vae", "experiments/priors.py"],
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "pyro_vae", "experiments/*.py"],
                                capture_output=True, text=True, cwd=RESULTS.parent).stdout.strip()
         return rev + ("+uncommitted changes" if dirty else "")
     except (OSError, subprocess.CalledProcessError):

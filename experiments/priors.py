@@ -8,17 +8,12 @@ kept and skipped when the study is run again (resumable); a run stopped mid-way 
 
 Expected from the literature (Tomczak & Welling 2018): VampPrior >= MoG >= standard.
 """
-import json
-import math
-import statistics
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict
 
-import torch
+from pyro_vae.training import TrainConfig
 
-from pyro_vae.data import load_dataset
-from pyro_vae.evaluation import evaluate
-from pyro_vae.training import CHECKPOINT, SUMMARY, TrainConfig, load_vae, train
+from .common import plot_study, run_one, summarize, write_metrics
 
 PRIORS = ("standard", "mog", "vamp")
 
@@ -38,43 +33,7 @@ BUDGETS: Dict[str, Dict] = {
 }
 
 
-def run_one(prior: str, seed: int, budget: Dict, out: Path) -> Dict:
-    config = TrainConfig(prior=prior, prior_components=budget["components"].get(prior, 10), seed=seed,
-                         out=str(out), **budget["train"])
-    record_path = out / "record.json"
-    if record_path.exists():
-        return json.loads(record_path.read_text())
-    summary_path = out / SUMMARY
-    if not summary_path.exists():
-        train(config, resume=(out / CHECKPOINT).exists(), progress=False, figures=False)
-    vae, config = load_vae(out)
-    data = load_dataset(config.dataset, config.data_dir, config.resolved_binarize(), config.valid_size, config.seed)
-    torch.manual_seed(seed)
-    result = evaluate(vae.model, vae.guide, data.test, num_samples=budget["num_samples"])
-    record = {"prior": prior, "seed": seed, "log_px": result.mean, "log_px_se": result.stderr,
-              "elbo": result.elbo, "active_units": result.active_units,
-              "train_summary": json.loads(summary_path.read_text()), "config": config.to_dict()}
-    record_path.write_text(json.dumps(record, indent=1) + "\n")
-    return record
-
-
-def summarize(records: List[Dict]) -> Dict[str, Dict]:
-    table = {}
-    for prior in PRIORS:
-        runs = [r for r in records if r["prior"] == prior]
-        if not runs:
-            continue
-        values = [r["log_px"] for r in runs]
-        elbos = [r["elbo"] for r in runs]
-        se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
-        table[prior] = {"log_px": statistics.mean(values), "log_px_se_over_seeds": se,
-                        "elbo": statistics.mean(elbos),
-                        "active_units": statistics.mean(r["active_units"] for r in runs), "seeds": len(runs)}
-    return table
-
-
 def write_outputs(records, table, budget_name, budget, out_dir: Path, command: str, revision: str) -> None:
-    from pyro_vae.plots import _new_figure, _save
     lines = [f"# Prior study ({budget_name} budget)", "",
              f"Command: `{command}`  ", f"Revision: `{revision}`  ",
              f"Data: {budget['train'].get('dataset', 'digits')}; seeds {budget['seeds']}; "
@@ -82,24 +41,12 @@ def write_outputs(records, table, budget_name, budget, out_dir: Path, command: s
              f"mean ± standard error over seeds (nats, higher is better).", "",
              "| prior | components | test log p(x) | test ELBO | active units |", "|---|---|---|---|---|"]
     for prior, row in table.items():
-        lines.append(f"| {prior} | {budget['components'].get(prior, '-')} | {row['log_px']:.2f} ± "
-                     f"{row['log_px_se_over_seeds']:.2f} | {row['elbo']:.2f} | {row['active_units']:.1f} |")
+        lines.append(f"| {prior} | {budget['components'].get(prior, '-')} | {row['log_px'][0]:.2f} ± "
+                     f"{row['log_px'][1]:.2f} | {row['elbo'][0]:.2f} | {row['active_units'][0]:.1f} |")
     (out_dir / "table.md").write_text("\n".join(lines) + "\n")
-    (out_dir / "metrics.json").write_text(json.dumps({"command": command, "revision": revision,
-                                                      "budget": budget_name, "seeds": budget["seeds"],
-                                                      "summary": table, "runs": records}, indent=1) + "\n")
-    fig = _new_figure((6.0, 4.0))
-    ax = fig.add_subplot(1, 1, 1)
-    for i, prior in enumerate(table):
-        runs = [r["log_px"] for r in records if r["prior"] == prior]
-        ax.scatter([i] * len(runs), runs, color="tab:gray", s=14, zorder=3, label="seeds" if i == 0 else None)
-        ax.errorbar([i], [table[prior]["log_px"]], yerr=[table[prior]["log_px_se_over_seeds"]], fmt="o",
-                    color="tab:blue", capsize=6, zorder=4, label="mean ± SE" if i == 0 else None)
-    ax.set_xticks(range(len(table)), list(table))
-    ax.set_ylabel(f"test log p(x), S = {budget['num_samples']} (nats)")
-    ax.set_title(f"Priors on {budget['train'].get('dataset', 'digits')} ({budget_name} budget)")
-    ax.legend()
-    _save(fig, out_dir / "priors.png", tight=True)
+    write_metrics(out_dir, command, revision, budget_name, budget["seeds"], table, records)
+    plot_study(records, table, out_dir / "priors.png", f"test log p(x), S = {budget['num_samples']} (nats)",
+               f"Priors on {budget['train'].get('dataset', 'digits')} ({budget_name} budget)")
 
 
 def run(budget_name: str, out_dir: Path, command: str, revision: str) -> Dict[str, Dict]:
@@ -108,10 +55,14 @@ def run(budget_name: str, out_dir: Path, command: str, revision: str) -> Dict[st
     records = []
     for seed in budget["seeds"]:
         for prior in PRIORS:
-            record = run_one(prior, seed, budget, out_dir / "runs" / f"{prior}-seed{seed}")
+            run_dir = out_dir / "runs" / f"{prior}-seed{seed}"
+            config = TrainConfig(prior=prior, prior_components=budget["components"].get(prior, 10), seed=seed,
+                                 out=str(run_dir), **budget["train"])
+            record = run_one(prior, seed, config, budget["num_samples"], run_dir)
+            record.setdefault("name", record.get("prior", prior))
             records.append(record)
             print(f"{prior:<9s} seed {seed}: test log p(x) = {record['log_px']:.2f} ± {record['log_px_se']:.2f}",
                   flush=True)
-    table = summarize(records)
+    table = summarize(records, PRIORS)
     write_outputs(records, table, budget_name, budget, out_dir, command, revision)
     return table

@@ -13,7 +13,7 @@ def test_prior_study_smoke_writes_table_metrics_and_plot_and_resumes(tmp_path, c
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["command"].startswith("python -m experiments run priors --budget smoke")
     assert metrics["seeds"] == [0] and metrics["revision"]
-    assert {r["prior"] for r in metrics["runs"]} == {"standard", "mog", "vamp"}
+    assert {r["name"] for r in metrics["runs"]} == {"standard", "mog", "vamp"}
     assert all(-70 < r["log_px"] < -20 and r["elbo"] <= r["log_px"] + 0.5 for r in metrics["runs"])
     assert (out / "priors.png").stat().st_size > 1000
     # a second run reuses every finished run instead of training again
@@ -21,3 +21,16 @@ def test_prior_study_smoke_writes_table_metrics_and_plot_and_resumes(tmp_path, c
     stamps = [p.stat().st_mtime_ns for p in records]
     assert main(["run", "priors", "--budget", "smoke", "--out", str(out)]) == 0
     assert [p.stat().st_mtime_ns for p in records] == stamps
+
+
+def test_estimator_study_smoke_reports_gap_and_active_units(tmp_path):
+    out = tmp_path / "estimators"
+    assert main(["run", "estimators", "--budget", "smoke", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    names = {r["name"] for r in metrics["runs"]}
+    assert names == {"VAE k=1", "VAE k=2", "IWAE k=2", "IWAE-DReG k=2"}
+    for run in metrics["runs"]:
+        assert run["gap"] == run["train_log_px"] - run["log_px"]
+        assert run["config"]["loss"] == ("iwae" if run["name"].startswith("IWAE") else "elbo")
+    assert "| IWAE-DReG k=2 |" in (out / "table.md").read_text()
+    assert (out / "estimators.png").stat().st_size > 1000

@@ -1,0 +1,83 @@
+"""What every study shares: train one configuration (resumably), estimate its held-out log p(x) by
+importance sampling, record it, and summarise runs over seeds as mean ± standard error."""
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Dict, Iterable, List, Optional
+
+import torch
+
+from pyro_vae.data import load_dataset
+from pyro_vae.evaluation import evaluate
+from pyro_vae.training import CHECKPOINT, SUMMARY, TrainConfig, load_vae, train
+
+
+def run_one(name: str, seed: int, config: TrainConfig, num_samples: int, out: Path,
+            eval_points: Optional[int] = None, train_gap: bool = False) -> Dict:
+    """Train ``config`` into ``out`` (resuming a stopped run, skipping a finished one) and estimate the
+    best model's test log p(x) with S = ``num_samples`` on the first ``eval_points`` test points (all by
+    default); with ``train_gap``, also on as many training points (the train/test gap; the Burda et al.
+    overfitting measure)."""
+    record_path = out / "record.json"
+    if record_path.exists():
+        return json.loads(record_path.read_text())
+    if not (out / SUMMARY).exists():
+        train(config, resume=(out / CHECKPOINT).exists(), progress=False, figures=False)
+    vae, config = load_vae(out)
+    data = load_dataset(config.dataset, config.data_dir, config.resolved_binarize(), config.valid_size, config.seed)
+    record = {"name": name, "seed": seed, "config": config.to_dict(),
+              "train_summary": json.loads((out / SUMMARY).read_text())}
+    # training points as the model saw them in its first epoch (dynamic binarization resamples them)
+    train_points = data.train_epoch(0, config.seed) if data.binarize == "dynamic" else data.train
+    splits = [("test", data.test)] + ([("train", train_points)] if train_gap else [])
+    for split, x in splits:
+        torch.manual_seed(seed)
+        result = evaluate(vae.model, vae.guide, x[:eval_points], num_samples=num_samples)
+        prefix = "" if split == "test" else "train_"
+        record.update({prefix + "log_px": result.mean, prefix + "log_px_se": result.stderr,
+                       prefix + "elbo": result.elbo})
+        if split == "test":
+            record.update(active_units=result.active_units, iwae_curve=result.iwae_curve,
+                          eval_points=len(x[:eval_points]))
+    record_path.write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def mean_se(values: Iterable[float]):
+    values = list(values)
+    se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
+    return statistics.mean(values), se
+
+
+def summarize(records: List[Dict], names: Iterable[str], keys=("log_px", "elbo", "active_units")) -> Dict:
+    table = {}
+    for name in names:
+        runs = [r for r in records if r["name"] == name]
+        if runs:
+            table[name] = {key: mean_se(r[key] for r in runs) for key in keys if key in runs[0]}
+            table[name]["seeds"] = len(runs)
+    return table
+
+
+def plot_study(records: List[Dict], table: Dict, path: Path, ylabel: str, title: str) -> None:
+    from pyro_vae.plots import _new_figure, _save
+    fig = _new_figure((max(6.0, 1.3 * len(table)), 4.0))
+    ax = fig.add_subplot(1, 1, 1)
+    for i, name in enumerate(table):
+        runs = [r["log_px"] for r in records if r["name"] == name]
+        mean, se = table[name]["log_px"]
+        ax.scatter([i] * len(runs), runs, color="tab:gray", s=14, zorder=3, label="seeds" if i == 0 else None)
+        ax.errorbar([i], [mean], yerr=[se], fmt="o", color="tab:blue", capsize=6, zorder=4,
+                    label="mean ± SE" if i == 0 else None)
+    ax.set_xticks(range(len(table)), list(table), rotation=20)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    _save(fig, path, tight=True)
+
+
+def write_metrics(out_dir: Path, command: str, revision: str, budget_name: str, seeds, table, records) -> None:
+    (out_dir / "metrics.json").write_text(json.dumps({"command": command, "revision": revision,
+                                                      "budget": budget_name, "seeds": seeds,
+                                                      "summary": table, "runs": records}, indent=1) + "\n")
