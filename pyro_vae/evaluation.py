@@ -218,6 +218,8 @@ def latent_means(guide: Callable, x: torch.Tensor, *args, batch_size: int = 1000
 def active_units(means: torch.Tensor, threshold: float = 0.01):
     """Burda et al. (2016): unit d is active if Cov_x(E_q[z_d | x]) > threshold.
     ``means: [N, Z] -> (count, variances [Z])``."""
+    if means.shape[0] < 2:
+        raise ValueError("active units need the encoder means of at least 2 data points")
     variances = means.double().var(0, unbiased=True)
     return int((variances > threshold).sum()), variances
 
