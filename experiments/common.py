@@ -77,6 +77,14 @@ def plot_study(records: List[Dict], table: Dict, path: Path, ylabel: str, title:
     _save(fig, path, tight=True)
 
 
+def write_table(out_dir: Path, title: str, command: str, revision: str, description: str, columns, rows) -> None:
+    """``table.md``: a title, the command and revision that made it, what was measured, and a markdown table."""
+    lines = [f"# {title}", "", f"Command: `{command}`  ", f"Revision: `{revision}`  ", description, "",
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    (out_dir / "table.md").write_text("\n".join(lines) + "\n")
+
+
 def write_metrics(out_dir: Path, command: str, revision: str, budget_name: str, seeds, table, records) -> None:
     (out_dir / "metrics.json").write_text(json.dumps({"command": command, "revision": revision,
                                                       "budget": budget_name, "seeds": seeds,

@@ -12,7 +12,7 @@ from typing import Dict
 
 from pyro_vae.training import TrainConfig
 
-from .common import plot_study, run_one, summarize, write_metrics
+from .common import plot_study, run_one, summarize, write_metrics, write_table
 
 ARCHITECTURE = dict(dataset="fashion-mnist", binarize="dynamic", hidden=(200, 200), latent_dim=50,
                     activation="tanh", batch_size=100, lr=1e-3)
@@ -59,17 +59,15 @@ def run(budget_name: str, out_dir: Path, command: str, revision: str) -> Dict[st
                   f"gap {record['gap']:.2f}, active units {record['active_units']}", flush=True)
     table = summarize(records, names, keys=("log_px", "elbo", "gap", "active_units"))
     data = budget["train"]["dataset"]
-    lines = [f"# Estimator study ({budget_name} budget)", "", f"Command: `{command}`  ", f"Revision: `{revision}`  ",
-             f"Data: {data}, dynamically binarized; network {budget['train'].get('hidden')} "
-             f"{budget['train'].get('activation', 'relu')}, latent {budget['train'].get('latent_dim')}; "
-             f"{budget['train'].get('epochs')} epochs; seeds {budget['seeds']}; log p(x) by importance sampling, "
-             f"S = {budget['num_samples']}, on {budget['eval_points'] or 'all'} test points; gap = log p(x) on as "
-             f"many training points minus test; mean ± standard error over seeds.", "",
-             "| objective | test log p(x) | test ELBO | train - test gap | active units |", "|---|---|---|---|---|"]
-    for name, row in table.items():
-        lines.append(f"| {name} | {row['log_px'][0]:.2f} ± {row['log_px'][1]:.2f} | {row['elbo'][0]:.2f} | "
-                     f"{row['gap'][0]:.2f} | {row['active_units'][0]:.1f} |")
-    (out_dir / "table.md").write_text("\n".join(lines) + "\n")
+    description = (f"Data: {data}, dynamically binarized; network {budget['train'].get('hidden')} "
+                   f"{budget['train'].get('activation', 'relu')}, latent {budget['train'].get('latent_dim')}; "
+                   f"{budget['train'].get('epochs')} epochs; seeds {budget['seeds']}; log p(x) by importance "
+                   f"sampling, S = {budget['num_samples']}, on {budget['eval_points'] or 'all'} test points; "
+                   f"gap = log p(x) on as many training points minus test; mean ± standard error over seeds.")
+    rows = [(name, f"{row['log_px'][0]:.2f} ± {row['log_px'][1]:.2f}", f"{row['elbo'][0]:.2f}",
+             f"{row['gap'][0]:.2f}", f"{row['active_units'][0]:.1f}") for name, row in table.items()]
+    write_table(out_dir, f"Estimator study ({budget_name} budget)", command, revision, description,
+                ("objective", "test log p(x)", "test ELBO", "train - test gap", "active units"), rows)
     write_metrics(out_dir, command, revision, budget_name, budget["seeds"], table, records)
     plot_study(records, table, out_dir / "estimators.png", f"test log p(x), S = {budget['num_samples']} (nats)",
                f"VAE vs IWAE on {data} ({budget_name} budget)")

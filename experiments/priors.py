@@ -13,7 +13,7 @@ from typing import Dict
 
 from pyro_vae.training import TrainConfig
 
-from .common import plot_study, run_one, summarize, write_metrics
+from .common import plot_study, run_one, summarize, write_metrics, write_table
 
 PRIORS = ("standard", "mog", "vamp")
 
@@ -34,16 +34,13 @@ BUDGETS: Dict[str, Dict] = {
 
 
 def write_outputs(records, table, budget_name, budget, out_dir: Path, command: str, revision: str) -> None:
-    lines = [f"# Prior study ({budget_name} budget)", "",
-             f"Command: `{command}`  ", f"Revision: `{revision}`  ",
-             f"Data: {budget['train'].get('dataset', 'digits')}; seeds {budget['seeds']}; "
-             f"test log p(x) by importance sampling with S = {budget['num_samples']}; "
-             f"mean ± standard error over seeds (nats, higher is better).", "",
-             "| prior | components | test log p(x) | test ELBO | active units |", "|---|---|---|---|---|"]
-    for prior, row in table.items():
-        lines.append(f"| {prior} | {budget['components'].get(prior, '-')} | {row['log_px'][0]:.2f} ± "
-                     f"{row['log_px'][1]:.2f} | {row['elbo'][0]:.2f} | {row['active_units'][0]:.1f} |")
-    (out_dir / "table.md").write_text("\n".join(lines) + "\n")
+    description = (f"Data: {budget['train'].get('dataset', 'digits')}; seeds {budget['seeds']}; "
+                   f"test log p(x) by importance sampling with S = {budget['num_samples']}; "
+                   f"mean ± standard error over seeds (nats, higher is better).")
+    rows = [(prior, budget["components"].get(prior, "-"), f"{row['log_px'][0]:.2f} ± {row['log_px'][1]:.2f}",
+             f"{row['elbo'][0]:.2f}", f"{row['active_units'][0]:.1f}") for prior, row in table.items()]
+    write_table(out_dir, f"Prior study ({budget_name} budget)", command, revision, description,
+                ("prior", "components", "test log p(x)", "test ELBO", "active units"), rows)
     write_metrics(out_dir, command, revision, budget_name, budget["seeds"], table, records)
     plot_study(records, table, out_dir / "priors.png", f"test log p(x), S = {budget['num_samples']} (nats)",
                f"Priors on {budget['train'].get('dataset', 'digits')} ({budget_name} budget)")
