@@ -9,9 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import estimators, priors
+from pyro_vae.data import DataError
 
-STUDIES = {"estimators": estimators, "priors": priors}
+from . import binarized_mnist, estimators, priors
+
+STUDIES = {"estimators": estimators, "priors": priors, "binarized-mnist": binarized_mnist}
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -32,12 +34,19 @@ def main(argv=None) -> int:
     p = sub.add_parser("run", help="run a study")
     p.add_argument("study", choices=sorted(STUDIES))
     p.add_argument("--budget", default="small", choices=("smoke", "small", "full"),
-                   help="smoke: seconds (CI); small: ~15 min on 2 CPU cores; full: paper scale, for a GPU")
+                   help="smoke: seconds (CI); small: under ~30 min on 2 CPU cores; full: paper scale, for a GPU")
     p.add_argument("--out", default=None, help="output folder (default: experiments/results/STUDY)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder with the data files (binarized-mnist: binarized_mnist_*.amat and MNIST's IDX files; "
+                        "default: pyro_vae's data folder)")
     args = parser.parse_args(argv)
     out = Path(args.out) if args.out else RESULTS / args.study
     command = "python -m experiments " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
-    table = STUDIES[args.study].run(args.budget, out, command, git_revision())
+    try:
+        table = STUDIES[args.study].run(args.budget, out, command, git_revision(), data_dir=args.data_dir)
+    except DataError as exc:
+        print(f"python -m experiments: {exc}", file=sys.stderr)
+        return 2
     print((out / "table.md").read_text())
     return 0 if table else 1
 

@@ -14,11 +14,12 @@ from pyro_vae.training import CHECKPOINT, SUMMARY, TrainConfig, load_vae, train
 
 
 def run_one(name: str, seed: int, config: TrainConfig, num_samples: int, out: Path,
-            eval_points: Optional[int] = None, train_gap: bool = False) -> Dict:
+            eval_points: Optional[int] = None, train_gap: bool = False, revision: Optional[str] = None) -> Dict:
     """Train ``config`` into ``out`` (resuming a stopped run, skipping a finished one) and estimate the
     best model's test log p(x) with S = ``num_samples`` on the first ``eval_points`` test points (all by
     default); with ``train_gap``, also on as many training points (the train/test gap; the Burda et al.
-    overfitting measure)."""
+    overfitting measure).  ``revision`` (the code's git revision) is stored in the record, so a table
+    rebuilt later from kept runs still says which code made its numbers."""
     record_path = out / "record.json"
     if record_path.exists():
         return json.loads(record_path.read_text())
@@ -26,7 +27,7 @@ def run_one(name: str, seed: int, config: TrainConfig, num_samples: int, out: Pa
         train(config, resume=(out / CHECKPOINT).exists(), progress=False, figures=False)
     vae, config = load_vae(out)
     data = load_dataset(config.dataset, config.data_dir, config.resolved_binarize(), config.valid_size, config.seed)
-    record = {"name": name, "seed": seed, "config": config.to_dict(),
+    record = {"name": name, "seed": seed, "revision": revision, "config": config.to_dict(),
               "train_summary": json.loads((out / SUMMARY).read_text())}
     # training points as the model saw them in its first epoch (dynamic binarization resamples them)
     train_points = data.train_epoch(0, config.seed) if data.binarize == "dynamic" else data.train
@@ -48,6 +49,12 @@ def mean_se(values: Iterable[float]):
     values = list(values)
     se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else float("nan")
     return statistics.mean(values), se
+
+
+def format_mean_se(pair) -> str:
+    """``mean ± se`` for a table cell; a single seed has no standard error and shows ``± —``."""
+    mean, se = pair
+    return f"{mean:.2f} ± {'—' if math.isnan(se) else f'{se:.2f}'}"
 
 
 def summarize(records: List[Dict], names: Iterable[str], keys=("log_px", "elbo", "active_units")) -> Dict:
@@ -77,9 +84,13 @@ def plot_study(records: List[Dict], table: Dict, path: Path, ylabel: str, title:
     _save(fig, path, tight=True)
 
 
-def write_table(out_dir: Path, title: str, command: str, revision: str, description: str, columns, rows) -> None:
-    """``table.md``: a title, the command and revision that made it, what was measured, and a markdown table."""
-    lines = [f"# {title}", "", f"Command: `{command}`  ", f"Revision: `{revision}`  ", description, "",
+def write_table(out_dir: Path, title: str, command: str, revision: str, description: str, columns, rows,
+                records: Iterable[Dict] = ()) -> None:
+    """``table.md``: a title, the command and revision that wrote it (and those that made its runs, when
+    kept runs from earlier invocations were reused), what was measured, and a markdown table."""
+    run_revisions = sorted({r["revision"] for r in records if r.get("revision")} - {revision})
+    made = f"; runs kept from revision(s) {', '.join(f'`{r}`' for r in run_revisions)}" if run_revisions else ""
+    lines = [f"# {title}", "", f"Command: `{command}`  ", f"Revision: `{revision}`{made}  ", description, "",
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     (out_dir / "table.md").write_text("\n".join(lines) + "\n")

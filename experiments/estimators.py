@@ -8,11 +8,11 @@ and active units.  The paper's shape to compare with: IWAE_k beats VAE_k by more
 more active units.
 """
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List, Optional
 
 from pyro_vae.training import TrainConfig
 
-from .common import plot_study, run_one, summarize, write_metrics, write_table
+from .common import format_mean_se, plot_study, run_one, summarize, write_metrics, write_table
 
 ARCHITECTURE = dict(dataset="fashion-mnist", binarize="dynamic", hidden=(200, 200), latent_dim=50,
                     activation="tanh", batch_size=100, lr=1e-3)
@@ -42,32 +42,52 @@ BUDGETS: Dict[str, Dict] = {
 }
 
 
-def run(budget_name: str, out_dir: Path, command: str, revision: str) -> Dict[str, Dict]:
-    budget = BUDGETS[budget_name]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    names = variants(budget["ks"])
+def run_slug(name: str) -> str:
+    return name.replace(" ", "_").replace("=", "")
+
+
+def train_and_evaluate(budget: Dict, out_dir: Path, names: Dict[str, Dict], revision: str,
+                       extra: Optional[Dict] = None, group: Optional[str] = None) -> List[Dict]:
+    """Every (seed, objective) run of ``budget``: train (resumably), then log p(x) on test and training
+    points.  ``extra`` overrides the budget's training settings (data set, data folder); ``group`` tags
+    the records and prefixes the run folders (one study comparing several data sets)."""
     records = []
     for seed in budget["seeds"]:
         for name, objective in names.items():
-            run_dir = out_dir / "runs" / (name.replace(" ", "_").replace("=", "") + f"-seed{seed}")
-            config = TrainConfig(seed=seed, out=str(run_dir), **{**budget["train"], **objective})
+            run_dir = out_dir / "runs" / ((f"{group}-" if group else "") + run_slug(name) + f"-seed{seed}")
+            config = TrainConfig(seed=seed, out=str(run_dir), **{**budget["train"], **(extra or {}), **objective})
             record = run_one(name, seed, config, budget["num_samples"], run_dir,
-                             eval_points=budget["eval_points"], train_gap=True)
+                             eval_points=budget["eval_points"], train_gap=True, revision=revision)
             record["gap"] = record["train_log_px"] - record["log_px"]
+            if group:
+                record["group"] = group
             records.append(record)
-            print(f"{name:<16s} seed {seed}: test log p(x) = {record['log_px']:.2f}, "
+            print(f"{(group + ': ') if group else ''}{name:<16s} seed {seed}: test log p(x) = {record['log_px']:.2f}, "
                   f"gap {record['gap']:.2f}, active units {record['active_units']}", flush=True)
+    return records
+
+
+def describe_budget(budget: Dict, data: str) -> str:
+    train = budget["train"]
+    return (f"Data: {data}; network {train.get('hidden')} {train.get('activation', 'relu')}, latent "
+            f"{train.get('latent_dim')}, batch {train.get('batch_size', 100)}; {train.get('epochs')} epochs; "
+            f"seeds {budget['seeds']}; log p(x) by importance sampling, S = {budget['num_samples']}, on "
+            f"{budget['eval_points'] or 'all'} test points; gap = log p(x) on as many training points minus "
+            f"test; mean ± standard error over seeds.")
+
+
+def run(budget_name: str, out_dir: Path, command: str, revision: str, data_dir: Optional[str] = None) -> Dict[str, Dict]:
+    budget = BUDGETS[budget_name]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = variants(budget["ks"])
+    records = train_and_evaluate(budget, out_dir, names, revision, extra={"data_dir": data_dir} if data_dir else None)
     table = summarize(records, names, keys=("log_px", "elbo", "gap", "active_units"))
     data = budget["train"]["dataset"]
-    description = (f"Data: {data}, dynamically binarized; network {budget['train'].get('hidden')} "
-                   f"{budget['train'].get('activation', 'relu')}, latent {budget['train'].get('latent_dim')}; "
-                   f"{budget['train'].get('epochs')} epochs; seeds {budget['seeds']}; log p(x) by importance "
-                   f"sampling, S = {budget['num_samples']}, on {budget['eval_points'] or 'all'} test points; "
-                   f"gap = log p(x) on as many training points minus test; mean ± standard error over seeds.")
-    rows = [(name, f"{row['log_px'][0]:.2f} ± {row['log_px'][1]:.2f}", f"{row['elbo'][0]:.2f}",
+    rows = [(name, format_mean_se(row['log_px']), f"{row['elbo'][0]:.2f}",
              f"{row['gap'][0]:.2f}", f"{row['active_units'][0]:.1f}") for name, row in table.items()]
-    write_table(out_dir, f"Estimator study ({budget_name} budget)", command, revision, description,
-                ("objective", "test log p(x)", "test ELBO", "train - test gap", "active units"), rows)
+    write_table(out_dir, f"Estimator study ({budget_name} budget)", command, revision,
+                describe_budget(budget, f"{data}, dynamically binarized"),
+                ("objective", "test log p(x)", "test ELBO", "train - test gap", "active units"), rows, records)
     write_metrics(out_dir, command, revision, budget_name, budget["seeds"], table, records)
     plot_study(records, table, out_dir / "estimators.png", f"test log p(x), S = {budget['num_samples']} (nats)",
                f"VAE vs IWAE on {data} ({budget_name} budget)")

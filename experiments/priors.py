@@ -9,11 +9,11 @@ kept and skipped when the study is run again (resumable); a run stopped mid-way 
 Expected from the literature (Tomczak & Welling 2018): VampPrior >= MoG >= standard.
 """
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 from pyro_vae.training import TrainConfig
 
-from .common import plot_study, run_one, summarize, write_metrics, write_table
+from .common import format_mean_se, plot_study, run_one, summarize, write_metrics, write_table
 
 PRIORS = ("standard", "mog", "vamp")
 
@@ -37,16 +37,16 @@ def write_outputs(records, table, budget_name, budget, out_dir: Path, command: s
     description = (f"Data: {budget['train'].get('dataset', 'digits')}; seeds {budget['seeds']}; "
                    f"test log p(x) by importance sampling with S = {budget['num_samples']}; "
                    f"mean ± standard error over seeds (nats, higher is better).")
-    rows = [(prior, budget["components"].get(prior, "-"), f"{row['log_px'][0]:.2f} ± {row['log_px'][1]:.2f}",
+    rows = [(prior, budget["components"].get(prior, "-"), format_mean_se(row['log_px']),
              f"{row['elbo'][0]:.2f}", f"{row['active_units'][0]:.1f}") for prior, row in table.items()]
     write_table(out_dir, f"Prior study ({budget_name} budget)", command, revision, description,
-                ("prior", "components", "test log p(x)", "test ELBO", "active units"), rows)
+                ("prior", "components", "test log p(x)", "test ELBO", "active units"), rows, records)
     write_metrics(out_dir, command, revision, budget_name, budget["seeds"], table, records)
     plot_study(records, table, out_dir / "priors.png", f"test log p(x), S = {budget['num_samples']} (nats)",
                f"Priors on {budget['train'].get('dataset', 'digits')} ({budget_name} budget)")
 
 
-def run(budget_name: str, out_dir: Path, command: str, revision: str) -> Dict[str, Dict]:
+def run(budget_name: str, out_dir: Path, command: str, revision: str, data_dir: Optional[str] = None) -> Dict[str, Dict]:
     budget = BUDGETS[budget_name]
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []
@@ -54,8 +54,8 @@ def run(budget_name: str, out_dir: Path, command: str, revision: str) -> Dict[st
         for prior in PRIORS:
             run_dir = out_dir / "runs" / f"{prior}-seed{seed}"
             config = TrainConfig(prior=prior, prior_components=budget["components"].get(prior, 10), seed=seed,
-                                 out=str(run_dir), **budget["train"])
-            record = run_one(prior, seed, config, budget["num_samples"], run_dir)
+                                 out=str(run_dir), **budget["train"], **({"data_dir": data_dir} if data_dir else {}))
+            record = run_one(prior, seed, config, budget["num_samples"], run_dir, revision=revision)
             record.setdefault("name", record.get("prior", prior))
             records.append(record)
             print(f"{prior:<9s} seed {seed}: test log p(x) = {record['log_px']:.2f} ± {record['log_px_se']:.2f}",
