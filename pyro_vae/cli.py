@@ -15,6 +15,7 @@ from typing import List, Optional
 import numpy as np
 import torch
 
+from .contract import uses_labels
 from .data import BINARIZE_MODES, DataError, DATASETS, load_dataset
 from .likelihoods import LIKELIHOODS, SIGMA_MODES
 from .networks import ACTIVATIONS, NETWORKS
@@ -46,6 +47,22 @@ def _int_list(text: str) -> List[int]:
     return values
 
 
+class _KeyValueAction(argparse.Action):
+    """``--model-arg key=value`` (repeatable) -> a dict; values are JSON where they parse."""
+
+    def __call__(self, parser, namespace, text, option_string=None):
+        key, sep, value = text.partition("=")
+        if not sep or not key.isidentifier():
+            parser.error(f"{option_string} expects KEY=VALUE with KEY a Python name, got {text!r}")
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+        current = dict(getattr(namespace, self.dest, None) or {})
+        current[key] = parsed
+        setattr(namespace, self.dest, current)
+
+
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     d = DEFAULTS
     g = p.add_argument_group("data")
@@ -64,6 +81,14 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--valid-size", type=int, default=d.valid_size,
                    help="training points held out for validation (default: the data set's own)")
     g = p.add_argument_group("model")
+    g.add_argument("--model", default=d.model, metavar="PACKAGE.MODULE:FACTORY",
+                   help="train your own model (docs/declaring_models.md): a class or function returning an nn.Module "
+                        "with model(x, num_data) and guide(x, num_data), called with the settings its signature "
+                        "names (data_dim, latent_dim, hidden, num_classes, image_shape); the current folder is "
+                        "importable, e.g. pyro_vae.examples.two_layer:TwoLayerVAE (default: our VAE)")
+    g.add_argument("--model-arg", "--model-args", dest="model_args", action=_KeyValueAction, default=dict(d.model_args),
+                   metavar="KEY=VALUE", help="extra keyword argument for --model's factory, repeatable; VALUE is "
+                                             "read as JSON when it parses (3, 0.5, [200,200], true), else as text")
     g.add_argument("--network", default=d.network, choices=NETWORKS,
                    help="mlp, or conv for 2-D images (default: %(default)s)")
     g.add_argument("--hidden", type=_int_list, default=list(d.hidden),
@@ -146,7 +171,8 @@ def config_from_args(args: argparse.Namespace, explicit: Optional[set] = None) -
             raise FileNotFoundError(f"--resume given but there is no checkpoint at {path}")
         saved = load_checkpoint(path)["config"]
         explicit = set(names) if explicit is None else explicit
-        values = {name: (values[name] if name in explicit else saved[name]) for name in names}
+        values = {name: (values[name] if name in explicit else saved.get(name, getattr(DEFAULTS, name)))
+                  for name in names}
     return TrainConfig.from_dict(values)
 
 
@@ -175,18 +201,39 @@ def _cmd_train(args, argv) -> int:
     return 0
 
 
+def _image_shape(checkpoint) -> Optional[List[int]]:
+    ckpt = load_checkpoint(checkpoint)
+    return ckpt.get("image_shape") or ckpt.get("model_kwargs", {}).get("image_shape")
+
+
+def _labels_for(vae, labels: Optional[torch.Tensor]) -> dict:
+    """``{"y": labels}`` for a model that takes labels, ``{}`` otherwise."""
+    return {"y": labels} if uses_labels(vae) and labels is not None else {}
+
+
 def _cmd_sample(args, argv) -> int:
     from .plots import plot_image_grid
     vae, _ = load_vae(args.checkpoint)
-    image_shape = load_checkpoint(args.checkpoint)["model_kwargs"]["image_shape"]   # load_vae checked it exists
+    if not callable(getattr(vae, "sample", None)):
+        raise ValueError(f"{type(vae).__name__} has no sample(num_samples) method, which `pyro-vae sample` calls "
+                         f"(see docs/declaring_models.md)")
+    image_shape = _image_shape(args.checkpoint)
     torch.manual_seed(args.seed)
-    samples = vae.sample(args.num)                                  # [num, D]
+    if uses_labels(vae):
+        if args.label is None:
+            raise ValueError(f"{type(vae).__name__} is conditional on a class label: pass --label N")
+        samples = vae.sample(args.num, y=torch.full((args.num,), args.label, dtype=torch.long))
+    elif args.label is not None:
+        raise ValueError(f"--label given, but {type(vae).__name__} does not take labels")
+    else:
+        samples = vae.sample(args.num)                              # [num, D]
     out = Path(args.out)
     np.save(out.with_suffix(".npy"), samples.numpy())
     written = [out.with_suffix(".npy")]
     if image_shape:
         written.append(plot_image_grid(samples, image_shape, out.with_suffix(".png"),
-                                       title=f"{args.num} samples E[x | z], z ~ p(z)"))
+                                       title=f"{args.num} samples E[x | z], z ~ p(z)"
+                                             + (f", label {args.label}" if args.label is not None else "")))
     print("wrote " + ", ".join(map(str, written)))
     return 0
 
@@ -194,13 +241,17 @@ def _cmd_sample(args, argv) -> int:
 def _cmd_reconstruct(args, argv) -> int:
     from .plots import plot_reconstructions
     vae, config = load_vae(args.checkpoint)
-    image_shape = load_checkpoint(args.checkpoint)["model_kwargs"]["image_shape"]   # load_vae checked it exists
+    if not callable(getattr(vae, "reconstruct", None)):
+        raise ValueError(f"{type(vae).__name__} has no reconstruct(x) method, which `pyro-vae reconstruct` calls "
+                         f"(see docs/declaring_models.md)")
+    image_shape = _image_shape(args.checkpoint)
     data = load_dataset(config.dataset, args.data_dir or config.data_dir, config.resolved_binarize(),
                         config.valid_size, config.seed)
     # in dynamic mode the train split holds grey levels: show it as the model saw it in epoch 1
     split = data.train_epoch(0, config.seed) if args.split == "train" else data.split(args.split)
     x = split[: args.num]
-    recon = vae.reconstruct(x)
+    labels = data.labels(args.split)
+    recon = vae.reconstruct(x, **_labels_for(vae, labels[: args.num] if labels is not None else None))
     out = Path(args.out)
     np.save(out.with_suffix(".npy"), np.stack([x.numpy(), recon.numpy()]))
     written = [out.with_suffix(".npy")]
@@ -218,12 +269,13 @@ def _cmd_evaluate(args, argv) -> int:
     if args.split == "train" and data.binarize == "dynamic":
         raise ValueError("the train split is re-binarized every epoch (dynamic binarization); evaluate on "
                          "valid or test, which are binarized once")
-    x = data.split(args.split)
+    x, labels = data.split(args.split), data.labels(args.split)
     if args.num is not None:
-        x = x[: args.num]
+        x, labels = x[: args.num], (labels[: args.num] if labels is not None else None)
     torch.manual_seed(args.seed)
     summary = evaluate(vae.model, vae.guide, x, num_samples=args.num_samples, particle_chunk=args.particle_chunk,
-                       batch_size=args.batch_size, progress=not args.no_progress)
+                       batch_size=args.batch_size, progress=not args.no_progress,
+                       **_labels_for(vae, labels))
     print(summary.headline())
     print(f"  split {args.split}: {len(x)} points, S = {args.num_samples} importance samples each "
           f"(standard error over datapoints; Monte-Carlo error of the mean {summary.stderr_mc:.3f})")
@@ -257,6 +309,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Decode z ~ p(z) with a trained model; writes OUT.npy and, for images, OUT.png.")
     p.add_argument("checkpoint", help="a checkpoint file (best.pt, checkpoint.pt) or a run folder (uses best.pt)")
     p.add_argument("--num", type=_positive_int, default=64, help="number of samples (default: %(default)s)")
+    p.add_argument("--label", type=int, default=None,
+                   help="class to draw, for a model conditional on labels (e.g. pyro_vae.examples.conditional)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--out", default="samples", help="output path without extension (default: %(default)s)")
     p.set_defaults(func=_cmd_sample)

@@ -25,23 +25,26 @@ from pyro import poutine
 from pyro.infer import ELBO
 from tqdm.auto import tqdm
 
+from .contract import slice_data
 from .importance import guess_max_plate_nesting, log_weights
 
 
 @torch.no_grad()
 def mean_bound(objective: ELBO, model: Callable, guide: Callable, x: torch.Tensor,
-               batch_size: int = 1000) -> float:
+               batch_size: int = 1000, **data) -> float:
     """Average per-datapoint bound ``-(1/N) sum_batches objective.loss(model, guide, x_batch)``.
 
     ``x: [N, D]``.  Each batch is passed without ``num_data``, so the data plate applies no scaling
     and the losses of the batches add up to minus the bound summed over all N points.  With
-    ``Trace_ELBO`` this is the ELBO (higher is better, <= log p(x) in expectation).
+    ``Trace_ELBO`` this is the ELBO (higher is better, <= log p(x) in expectation).  ``**data`` are side
+    inputs (e.g. labels ``y: [N]``), sliced with ``x``.
     """
     if x.dim() < 1 or x.shape[0] == 0:
         raise ValueError(f"need at least one data point, got x of shape {tuple(x.shape)}")
     total = 0.0
     for start in range(0, x.shape[0], batch_size):
-        total += float(objective.loss(model, guide, x[start:start + batch_size]))
+        stop = start + batch_size
+        total += float(objective.loss(model, guide, x[start:stop], **slice_data(data, x.shape[0], start, stop)))
     return -total / x.shape[0]
 
 
@@ -162,7 +165,7 @@ def _importance_sample(model, guide, x, *args, num_samples, particle_chunk, batc
     if not torch.is_tensor(x) or x.dim() < 1 or x.shape[0] == 0:
         raise ValueError(f"x must be a tensor with at least one data point in dim 0, got "
                          f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
-    nesting = guess_max_plate_nesting(model, guide, x[:1], *args, **kwargs)
+    nesting = guess_max_plate_nesting(model, guide, x[:1], *args, **slice_data(kwargs, x.shape[0], 0, 1))
     chunks = [min(particle_chunk, num_samples - s) for s in range(0, num_samples, particle_chunk)]
     batches = range(0, x.shape[0], batch_size)
     results = []
@@ -173,7 +176,8 @@ def _importance_sample(model, guide, x, *args, num_samples, particle_chunk, batc
             running = _RunningEstimates(xb.shape[0], ks, xb.device)
             for c in chunks:
                 running.add(log_weights(model, guide, xb, *args, num_particles=c, plate=plate,
-                                        max_plate_nesting=nesting, **kwargs))        # [C, B]
+                                        max_plate_nesting=nesting,
+                                        **slice_data(kwargs, x.shape[0], start, start + batch_size)))  # [C, B]
                 bar.update(1)
             results.append(running)
     return results
@@ -187,7 +191,8 @@ def log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *args, num
     ``log p(x_n) ~= log (1/S) sum_s p(x_n, z_ns) / q(z_ns | x_n)`` with S = ``num_samples`` draws from the
     guide, taken ``particle_chunk`` at a time for ``batch_size`` datapoints at a time (memory grows with
     ``particle_chunk * batch_size``, not with S or N).  Works for any model/guide pair whose
-    per-datapoint sites sit in ``pyro.plate(plate, ...)``; ``*args, **kwargs`` are passed to both.
+    per-datapoint sites sit in ``pyro.plate(plate, ...)``; ``*args, **kwargs`` are passed to both, and
+    tensor keyword arguments with one row per data point (labels ``y: [N]``) are batched with ``x``.
     The estimate is a stochastic lower bound (IWAE_S) that converges to log p(x) as S grows.
     """
     runs = _importance_sample(model, guide, x, *args, num_samples=num_samples, particle_chunk=particle_chunk,
@@ -202,7 +207,8 @@ def latent_means(guide: Callable, x: torch.Tensor, *args, batch_size: int = 1000
     read from the guide's distributions in a trace (any guide whose sites report a ``mean``)."""
     parts = []
     for start in range(0, x.shape[0], batch_size):
-        trace = poutine.trace(guide).get_trace(x[start:start + batch_size], *args, **kwargs)
+        trace = poutine.trace(guide).get_trace(x[start:start + batch_size], *args,
+                                               **slice_data(kwargs, x.shape[0], start, start + batch_size))
         means = []
         for site in trace.nodes.values():
             if site["type"] == "sample" and not site["is_observed"] and \

@@ -43,6 +43,7 @@ from pyro.poutine.messenger import Messenger
 from pyro.infer.util import is_validation_enabled
 from tqdm.auto import tqdm
 
+from .contract import build_user_model, check_model, uses_labels
 from .data import BINARIZE_MODES, Dataset, load_dataset
 from .evaluation import mean_bound
 from .objectives import build_objective
@@ -70,6 +71,8 @@ class TrainConfig:
                                      # every epoch), none for the others and for already-binary data
     valid_size: Optional[int] = None  # None: the data set's default hold-out size
     # model
+    model: Optional[str] = None      # "package.module:Factory": a user model (pyro_vae.contract); None: our VAE
+    model_args: Dict[str, Any] = dataclasses.field(default_factory=dict)   # extra keyword arguments of the factory
     network: str = "mlp"
     hidden: Tuple[int, ...] = (256, 256)  # digits are 64-dim: two 256-unit layers train in seconds
     channels: Tuple[int, ...] = (32, 64)  # conv network only
@@ -102,6 +105,7 @@ class TrainConfig:
 
     def __post_init__(self):
         self.hidden = tuple(int(h) for h in self.hidden)
+        self.model_args = dict(self.model_args or {})
         self.channels = tuple(int(c) for c in self.channels)
         problems = []
         for name in ("epochs", "batch_size", "latent_dim", "num_particles", "num_outer", "eval_batch_size",
@@ -215,9 +219,14 @@ def load_checkpoint(path, map_location: str = "cpu") -> Dict[str, Any]:
     return ckpt
 
 
-def load_vae(path, map_location: str = "cpu") -> Tuple[VAE, TrainConfig]:
-    """Rebuild the VAE stored in a checkpoint file (or a run folder: its ``best.pt``) in eval mode."""
+def load_vae(path, map_location: str = "cpu") -> Tuple[Any, TrainConfig]:
+    """Rebuild the model stored in a checkpoint file (or a run folder: its ``best.pt``) in eval mode: our
+    :class:`~pyro_vae.VAE`, or a ``--model`` user model rebuilt from its factory and stored arguments."""
     ckpt = load_checkpoint(path, map_location)
+    if "user_model" in ckpt:
+        module, _ = build_user_model(ckpt["user_model"], {}, ckpt["user_model_kwargs"])
+        module.load_state_dict(ckpt["model_state"])
+        return module.to(map_location).eval(), TrainConfig.from_dict(ckpt["config"])
     if "model_kwargs" not in ckpt:
         raise ValueError(f"{path} holds a model declared in Python (a Trainer run, not `pyro-vae train`): "
                          f"rebuild it as you declared it and call "
@@ -234,6 +243,15 @@ def model_kwargs(config: TrainConfig, data: Dataset) -> Dict[str, Any]:
                 activation=config.activation, likelihood=config.likelihood, sigma=config.sigma,
                 learn_sigma=config.learn_sigma, prior=config.prior, channels=list(config.channels),
                 prior_components=config.prior_components)
+
+
+def user_model_offer(config: TrainConfig, data: Dataset) -> Dict[str, Any]:
+    """Settings offered to a ``--model`` factory; it receives those its signature names."""
+    labels = data.train_labels
+    return dict(data_dim=data.data_dim, latent_dim=config.latent_dim, hidden=list(config.hidden),
+                activation=config.activation, likelihood=config.likelihood,
+                image_shape=list(data.image_shape) if data.image_shape else None,
+                num_classes=int(labels.max()) + 1 if labels is not None and len(labels) else None)
 
 
 def make_adam(params: List[torch.Tensor], lr: float) -> torch.optim.Adam:
@@ -320,6 +338,14 @@ class Trainer:
         self.num_train = data.train.shape[0]
         self.steps_per_epoch = math.ceil(self.num_train / config.batch_size)
         self.valid = data.valid.to(self.device)
+        # side inputs the model asks for by name (pyro_vae.contract): class labels ``y``
+        self.uses_labels = uses_labels(module)
+        if self.uses_labels and (data.train_labels is None or data.valid_labels is None):
+            raise ValueError(f"{type(module).__name__}.model takes labels y, but the data set {data.name!r} has none")
+        self.train_labels = data.train_labels.to(self.device) if self.uses_labels else None
+        self.valid_data = {"y": data.valid_labels.to(self.device)} if self.uses_labels else {}
+        if self.valid.shape[0] >= 3:
+            check_model(module, self.valid, num_data=self.num_train, **self.valid_data)
         # progress through training: everything needed to continue exactly where we stopped
         self.epoch, self.step = 0, 0
         self.epoch_loss_sum, self.epoch_start_time = 0.0, None
@@ -335,9 +361,10 @@ class Trainer:
     def _collect_params(self) -> List[torch.Tensor]:
         """All parameters the objective touches: the module's, plus any ``pyro.param`` of a user model."""
         x = self.valid[:2]   # binarized like the training batches (train holds grey levels in dynamic mode)
+        data = {k: v[:2] for k, v in self.valid_data.items()}
         with poutine.trace(param_only=True) as capture:
             with poutine.block(hide_types=["sample"]), torch.no_grad():
-                self.objective.loss(self.module.model, self.module.guide, x)
+                self.objective.loss(self.module.model, self.module.guide, x, **data)
         params = {id(p): p for p in self.module.parameters() if p.requires_grad}
         for site in capture.trace.nodes.values():
             p = site["value"].unconstrained()
@@ -423,12 +450,13 @@ class Trainer:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.config.seed + 7919)
             elbo = mean_bound(self.objective, self.module.model, self.module.guide, self.valid,
-                              self.config.eval_batch_size)
+                              self.config.eval_batch_size, **self.valid_data)
         self.module.train()
         return elbo
 
-    def train_step(self, x: torch.Tensor) -> float:
-        """One optimiser step on the minibatch ``x: [B, D]``; returns the loss (per full data set)."""
+    def train_step(self, x: torch.Tensor, **data) -> float:
+        """One optimiser step on the minibatch ``x: [B, D]`` (``**data``: its side inputs, e.g. labels
+        ``y: [B]``); returns the loss (per full data set)."""
         beta = self.beta()
         model, guide = self.module.model, self.module.guide
         if beta != 1.0:
@@ -436,7 +464,7 @@ class Trainer:
         # Pyro's own checks (model/guide site match, shapes) run on the first step of each fit();
         # once they pass, the program's structure is fixed and re-checking costs ~1 ms per step.
         with pyro.validation_enabled(self._check_next_step):
-            loss = self.objective.differentiable_loss(model, guide, x, num_data=self.num_train)
+            loss = self.objective.differentiable_loss(model, guide, x, num_data=self.num_train, **data)
         self._check_next_step = False
         loss_value = loss.item()
         if not math.isfinite(loss_value):
@@ -529,7 +557,8 @@ class Trainer:
                         self.save_checkpoint()
                         return "interrupted"
                     idx = order[self.step * self.config.batch_size:(self.step + 1) * self.config.batch_size]
-                    loss = self.train_step(x_epoch[idx].to(self.device))
+                    data = {"y": self.train_labels[idx]} if self.uses_labels else {}
+                    loss = self.train_step(x_epoch[idx].to(self.device), **data)
                     self.epoch_loss_sum += loss * len(idx) / self.num_train
                     self.step += 1
                     bar.update(1)
@@ -611,21 +640,29 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     if data is None:
         data = load_dataset(config.dataset, config.data_dir, config.resolved_binarize(), config.valid_size,
                             config.seed, config.download)
-    kwargs = model_kwargs(config, data)
-    vae = build_vae(**kwargs)
-    if config.prior == "vamp" and config.vamp_init == "data" and ckpt is None:
-        vae.prior.init_from_data(data.train, torch.Generator().manual_seed(config.seed))
+    if config.model:   # a user model declared on the contract of pyro_vae.contract
+        vae, kwargs = build_user_model(config.model, user_model_offer(config, data), config.model_args)
+        extra = {"user_model": config.model, "user_model_kwargs": kwargs}
+    else:
+        kwargs = model_kwargs(config, data)
+        vae = build_vae(**kwargs)
+        if config.prior == "vamp" and config.vamp_init == "data" and ckpt is None:
+            vae.prior.init_from_data(data.train, torch.Generator().manual_seed(config.seed))
+        extra = {"model_kwargs": kwargs}
+    extra["image_shape"] = list(data.image_shape) if data.image_shape else None   # for `pyro-vae sample`
     vae = vae.to(device)
     # validate every split once here (clear errors before any work), then not per step
-    for split in ("train", "valid", "test"):
-        try:
-            vae.check_input(data.split(split) if data.binarize != "dynamic" or split != "train"
-                            else data.train_epoch(0, config.seed))
-        except ValueError as e:
-            raise ValueError(f"{split} split of {config.dataset!r}: {e}") from e
-    vae.validate_inputs = False
-    trainer = Trainer(vae, data, config, checkpoint_extra={"model_kwargs": kwargs},
-                      on_step=on_step, progress=progress)
+    if hasattr(vae, "check_input"):
+        for split in ("train", "valid", "test"):
+            try:
+                vae.check_input(data.split(split) if data.binarize != "dynamic" or split != "train"
+                                else data.train_epoch(0, config.seed))
+            except ValueError as e:
+                raise ValueError(f"{split} split of {config.dataset!r}: {e}") from e
+    validating = getattr(vae, "validate_inputs", None)
+    if validating is not None:
+        vae.validate_inputs = False
+    trainer = Trainer(vae, data, config, checkpoint_extra=extra, on_step=on_step, progress=progress)
     if ckpt is not None:
         trainer.load_state_dict(ckpt)
     out.mkdir(parents=True, exist_ok=True)
@@ -633,7 +670,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     try:
         stop_reason = trainer.fit()
     finally:
-        vae.validate_inputs = True
+        if validating is not None:
+            vae.validate_inputs = validating
     best = vae
     if (out / BEST).exists():
         best, _ = load_vae(out / BEST, map_location=str(device))
@@ -645,9 +683,12 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
                    "seconds": sum(r["seconds"] for r in trainer.history)}
         _atomic_write_text(json.dumps(summary, indent=2) + "\n", out / SUMMARY)
         if figures:
-            from .plots import write_run_figures
+            from .plots import plot_training_curves, write_run_figures
             try:
-                write_run_figures(best, data, trainer.history, out)
+                if isinstance(best, VAE):
+                    write_run_figures(best, data, trainer.history, out)
+                else:   # a user model: the curves; its own figures are its author's to draw
+                    plot_training_curves(trainer.history, out / "curves.png")
             except Exception as e:  # noqa: BLE001 - a figure must never turn a finished run into a failure
                 warnings.warn(f"figures skipped: {e}")
     return TrainResult(best, trainer.history, trainer.best_epoch, trainer.best_val_elbo, stop_reason, out)
@@ -656,5 +697,6 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
 def _test_bound(vae: VAE, trainer: Trainer, data: Dataset) -> float:
     with torch.random.fork_rng(devices=[trainer.device] if trainer.device.type == "cuda" else []):
         torch.manual_seed(trainer.config.seed + 104729)
+        labels = {"y": data.test_labels.to(trainer.device)} if trainer.uses_labels else {}
         return mean_bound(trainer.objective, vae.model, vae.guide, data.test.to(trainer.device),
-                          trainer.config.eval_batch_size)
+                          trainer.config.eval_batch_size, **labels)
