@@ -1,0 +1,191 @@
+"""Models declared on the contract (pyro_vae.contract, docs/declaring_models.md): the worked examples train
+and evaluate, the docs' code runs as shown, and a broken contract is a clear error."""
+import json
+import re
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from torch import nn
+
+from pyro_vae import MLPDecoder, MLPEncoder, ModelGuideContractError, evaluate, log_likelihood
+from pyro_vae.cli import build_parser, main
+from pyro_vae.contract import check_model
+from pyro_vae.data import load_dataset
+from pyro_vae.examples.conditional import ConditionalVAE
+from pyro_vae.examples.two_layer import TwoLayerVAE
+from pyro_vae.training import TrainConfig, Trainer, load_vae
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "declaring_models.md"
+
+
+def doc_blocks(language):
+    return re.findall(rf"```{language}\n(.*?)```", DOCS.read_text(), flags=re.S)
+
+
+def doc_commands():
+    lines = []
+    for block in doc_blocks("bash"):
+        for line in block.replace("\\\n", " ").splitlines():
+            if line.strip().startswith("pyro-vae"):
+                lines.append(line.strip())
+    return lines
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", binarize="static")
+
+
+# -- the docs ------------------------------------------------------------------------------------------
+
+def test_docs_twenty_line_example_trains_and_evaluates(tmp_path, monkeypatch, capsys):
+    (block,) = doc_blocks("python")
+    assert len([line for line in block.strip().splitlines() if line.strip()]) <= 24   # it is short
+    monkeypatch.chdir(tmp_path)
+    pyro.set_rng_seed(0)
+    exec(compile(block, "docs/declaring_models.md", "exec"), {})
+    printed = capsys.readouterr().out
+    value = float(re.search(r"test log p\(x\) = (-?\d+\.\d+) ± (\d+\.\d+) nats", printed).group(1))
+    # a Laplace density over [0,1]^64: about +19 after 10 epochs, about -150 untrained
+    assert -60 < value < 150, printed
+    assert (tmp_path / "runs" / "laplace" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("line", doc_commands())
+def test_docs_commands_parse(line):
+    argv = shlex.split(line)[1:]
+    assert build_parser().parse_args(argv).command == argv[0]
+
+
+def test_docs_model_arg_reaches_the_factory(tmp_path):
+    line = next(c for c in doc_commands() if "two_layer" in c)
+    argv = shlex.split(line)[1:]
+    args = build_parser().parse_args(argv)
+    assert args.model_args == {"latent1_dim": 100, "hidden2": [100, 100]}
+
+
+# -- the two-layer VAE -----------------------------------------------------------------------------------
+
+def test_two_layer_vae_iwae_bound_is_tighter_than_elbo_after_short_training(tmp_path, digits):
+    pyro.set_rng_seed(0)
+    model = TwoLayerVAE(digits.data_dim, latent_dim=4, hidden=(64,), latent1_dim=8, hidden2=(32,))
+    config = TrainConfig(epochs=8, loss="iwae", num_particles=5, out=str(tmp_path / "run"), patience=0)
+    trainer = Trainer(model, digits, config, progress=False)
+    assert trainer.fit() == "completed"
+    assert trainer.history[-1]["val_elbo"] > trainer.history[0]["val_elbo"]   # it learns
+    torch.manual_seed(1)
+    summary = evaluate(model.model, model.guide, digits.test, num_samples=200)
+    # held-out: IWAE_k grows with k above the ELBO (both latent layers weighted jointly)
+    curve = summary.iwae_curve
+    assert summary.elbo < curve[5] < curve[50] <= summary.mean + 1e-6
+    assert summary.mean - summary.elbo > 5 * summary.stderr_mc, summary
+    lp = log_likelihood(model.model, model.guide, digits.test[:20], num_samples=50)
+    assert lp.shape == (20,) and torch.isfinite(lp).all()
+
+
+def test_two_layer_vae_shapes_under_particles(digits):
+    model = TwoLayerVAE(digits.data_dim, latent_dim=3, hidden=(16,), latent1_dim=5, hidden2=(8,))
+    from pyro_vae import log_weights
+    lw = log_weights(model.model, model.guide, digits.test[:7], num_particles=4)
+    assert lw.shape == (4, 7)
+    trace = pyro.poutine.trace(model.guide).get_trace(digits.test[:7])
+    assert trace.nodes["z1"]["value"].shape == (7, 5) and trace.nodes["z2"]["value"].shape == (7, 3)
+    assert model.sample(6).shape == (6, digits.data_dim) and model.reconstruct(digits.test[:2]).shape == (2, 64)
+
+
+def test_stl_refuses_a_hierarchical_guide_clearly(digits):
+    model = TwoLayerVAE(digits.data_dim, latent_dim=3, hidden=(16,), latent1_dim=5, hidden2=(8,))
+    from pyro_vae import IWAE_ELBO
+    with pytest.raises(ValueError, match="one latent site"):
+        IWAE_ELBO(num_particles=3, gradient="dreg").differentiable_loss(model.model, model.guide, digits.test[:4])
+
+
+# -- the conditional VAE, from the command line ------------------------------------------------------------
+
+def test_conditional_vae_trains_from_cli_uses_labels_and_samples_a_chosen_class(tmp_path, capsys):
+    out = tmp_path / "cvae"
+    code = main(["train", "--model", "pyro_vae.examples.conditional:ConditionalVAE", "--epochs", "15",
+                 "--hidden", "128", "--no-progress", "--no-figures", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    ckpt = torch.load(out / "best.pt", weights_only=True)
+    assert ckpt["user_model"] == "pyro_vae.examples.conditional:ConditionalVAE"
+    assert ckpt["user_model_kwargs"]["num_classes"] == 10 and ckpt["user_model_kwargs"]["hidden"] == [128]
+    model, config = load_vae(out)
+    assert isinstance(model, ConditionalVAE)
+    data = load_dataset("digits", binarize="static")   # test split binarized as in training
+    x, y = data.test[:200], data.test_labels[:200]
+    torch.manual_seed(0)
+    right = log_likelihood(model.model, model.guide, x, y=y, num_samples=100)
+    wrong = log_likelihood(model.model, model.guide, x, y=(y + 1) % 10, num_samples=100)
+    # the labels carry information the model uses: the true label explains x better than a wrong one
+    assert (right - wrong).mean() > 5 * (right - wrong).std() / len(x) ** 0.5
+    assert main(["sample", str(out), "--label", "3", "--num", "8", "--out", str(tmp_path / "threes")]) == 0
+    assert np.load(tmp_path / "threes.npy").shape == (8, 64)
+    assert main(["sample", str(out), "--num", "8", "--out", str(tmp_path / "none")]) == 1
+    assert "--label" in capsys.readouterr().err
+    assert main(["evaluate", str(out), "--num", "30", "--num-samples", "20", "--no-progress"]) == 0
+    assert "log p(x) =" in capsys.readouterr().out
+
+
+# -- the contract is enforced --------------------------------------------------------------------------------
+
+class LatentOutsidePlate(nn.Module):
+    """Breaks the contract: its per-datapoint latent z is declared outside the data plate."""
+
+    def __init__(self, data_dim=64, latent_dim=2):
+        super().__init__()
+        self.encoder, self.decoder = MLPEncoder(data_dim, latent_dim, (8,)), MLPDecoder(latent_dim, data_dim, (8,))
+
+    def model(self, x, num_data=None):
+        z = pyro.sample("z", dist.Normal(torch.zeros(len(x), 2), 1.0).to_event(2))
+        with pyro.plate("data", num_data or len(x), subsample=torch.arange(len(x))):
+            pyro.sample("x", dist.Bernoulli(logits=self.decoder(z)).to_event(1), obs=x)
+
+    def guide(self, x, num_data=None):
+        pyro.sample("z", dist.Normal(*self.encoder(x)).to_event(2))
+
+
+class PlateWithoutNumData(LatentOutsidePlate):
+    """Breaks the contract: the plate ignores num_data, so minibatches would not be scaled by N / B."""
+
+    def model(self, x, num_data=None):
+        with pyro.plate("data", len(x)):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=self.decoder(z)).to_event(1), obs=x)
+
+    def guide(self, x, num_data=None):
+        with pyro.plate("data", len(x)):
+            pyro.sample("z", dist.Normal(*self.encoder(x)).to_event(1))
+
+
+def test_contract_error_names_the_site_outside_the_data_plate(digits, tmp_path, capsys):
+    with pytest.raises(ModelGuideContractError, match="'z' of the guide is not inside the data plate 'data'"):
+        check_model(LatentOutsidePlate(), digits.test[:5], num_data=100)
+    with pytest.raises(ModelGuideContractError, match="has size 3 .* num_data=100"):
+        check_model(PlateWithoutNumData(), digits.test[:5], num_data=100)
+    with pytest.raises(ModelGuideContractError, match="not inside the data plate"):
+        Trainer(LatentOutsidePlate(), digits, TrainConfig(out=str(tmp_path / "t")), progress=False)
+    # from the command line: the same message, no traceback
+    code = main(["train", "--model", "test_examples:LatentOutsidePlate", "--epochs", "1", "--no-progress",
+                 "--no-figures", "--out", str(tmp_path / "cli")])
+    err = capsys.readouterr().err
+    assert code == 1 and "'z' of the guide is not inside the data plate" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("spec, message", [("no_colon", "package.module:Name"),
+                                           ("no_such_module_xyz:Model", "cannot import"),
+                                           ("pyro_vae.examples.two_layer:Nope", "no attribute 'Nope'")])
+def test_bad_model_spec_is_a_clear_error(spec, message, tmp_path, capsys):
+    assert main(["train", "--model", spec, "--epochs", "1", "--no-progress", "--out", str(tmp_path / "x")]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_model_arg_the_factory_does_not_take_is_a_clear_error(tmp_path, capsys):
+    assert main(["train", "--model", "pyro_vae.examples.two_layer:TwoLayerVAE", "--model-arg", "bogus=1",
+                 "--epochs", "1", "--no-progress", "--out", str(tmp_path / "x")]) == 1
+    assert "bogus" in capsys.readouterr().err
