@@ -95,7 +95,10 @@ def check_model(module: Any, x: torch.Tensor, num_data: Optional[int] = None, pl
     if x.shape[0] < 3:
         raise ValueError(f"check_model needs at least 3 data points, got {x.shape[0]}")
     num_data = num_data or x.shape[0]
-    with torch.no_grad(), poutine.block(hide_types=["param"]):
+    # its draws come from a forked stream: checking must not shift the caller's random numbers (a trainer
+    # that checks before its first step trains exactly as one that does not)
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.no_grad(), poutine.block(hide_types=["param"]):
         small = _site_shapes(module, x[:2], num_data, plate, **slice_data(data, x.shape[0], 0, 2))
         large = _site_shapes(module, x[:3], num_data, plate, **slice_data(data, x.shape[0], 0, 3))
     advice = (f"put it inside `with pyro.plate({plate!r}, num_data, subsample=torch.arange(len(x))):` in both "
