@@ -150,6 +150,12 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=d.seed, help="seed for weights, splits and sampling (default: %(default)s)")
     g.add_argument("--device", default=d.device, help="cpu, cuda or auto (default: %(default)s)")
+    g.add_argument("--devices", type=int, default=d.devices, metavar="N",
+                   help="data-parallel training processes (torch DistributedDataParallel): each trains on its "
+                        "share of every batch and gradients are averaged, so a step is the one-process step; "
+                        "CPU processes talk over gloo; with --device cuda (or auto where CUDA is present) "
+                        "process r uses GPU r over nccl, which needs N GPUs. Checkpoints are written once and "
+                        "resume on any N (default: %(default)s)")
     g.add_argument("--out", default=d.out, help="output folder for checkpoints, metrics, config and figures "
                                                 "(default: %(default)s)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")

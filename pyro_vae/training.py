@@ -43,7 +43,8 @@ from pyro.poutine.messenger import Messenger
 from pyro.infer.util import is_validation_enabled
 from tqdm.auto import tqdm
 
-from .contract import build_user_model, check_model, uses_labels
+from . import distributed
+from .contract import build_user_model, check_model, slice_data, uses_labels
 from .data import BINARIZE_MODES, Dataset, load_dataset
 from .evaluation import mean_bound
 from .objectives import build_objective
@@ -56,7 +57,8 @@ CONFIG = "config.json"
 SUMMARY = "summary.json"
 LR_SCHEDULES = ("none", "exponential", "cosine")
 # Changing these between a run and its --resume cannot corrupt the saved state.
-RESUMABLE_CHANGES = ("epochs", "patience", "out", "device", "data_dir", "download", "eval_batch_size", "clip_norm")
+RESUMABLE_CHANGES = ("epochs", "patience", "out", "device", "data_dir", "download", "eval_batch_size", "clip_norm",
+                     "devices")
 
 
 @dataclasses.dataclass
@@ -101,6 +103,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     seed: int = 0
     device: str = "cpu"              # cpu | cuda | auto
+    devices: int = 1                 # data-parallel processes (pyro_vae.distributed): gloo on CPU, nccl on GPUs
     out: str = "runs/default"
 
     def __post_init__(self):
@@ -109,9 +112,12 @@ class TrainConfig:
         self.channels = tuple(int(c) for c in self.channels)
         problems = []
         for name in ("epochs", "batch_size", "latent_dim", "num_particles", "num_outer", "eval_batch_size",
-                     "prior_components"):
+                     "prior_components", "devices"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size < self.devices:
+            problems.append(f"batch_size ({self.batch_size}) must be >= devices ({self.devices}): every process "
+                            f"trains on its share of each batch")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             problems.append(f"lr must be a finite number > 0, got {self.lr}")
         if not 0 < self.lr_gamma <= 1:
@@ -279,8 +285,17 @@ def _rng_state() -> Dict[str, Any]:
              "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
              "python": [version, list(mt_state), gauss]}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        gpu = _worker_gpu()
+        # a process of a multi-GPU run saves only its own GPU's stream: get_rng_state_all() would open a
+        # CUDA context on every GPU, in every process
+        state["cuda"] = [torch.cuda.get_rng_state(gpu)] if gpu is not None else torch.cuda.get_rng_state_all()
     return state
+
+
+def _worker_gpu() -> Optional[torch.device]:
+    """The GPU of this process in a multi-GPU run (pyro_vae.distributed), else None."""
+    worker = distributed.worker_context()
+    return worker.device if worker is not None and worker.device.type == "cuda" else None
 
 
 def _set_rng_state(state: Dict[str, Any]) -> None:
@@ -290,7 +305,11 @@ def _set_rng_state(state: Dict[str, Any]) -> None:
     version, mt_state, gauss = state["python"]
     random.setstate((version, tuple(mt_state), gauss))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        gpu = _worker_gpu()
+        if gpu is not None:   # the first saved stream (rank 0's GPU) onto this process's GPU only
+            torch.cuda.set_rng_state(state["cuda"][0], gpu)
+        else:
+            torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def epoch_permutation(num_data: int, seed: int, epoch: int) -> torch.Tensor:
@@ -323,12 +342,16 @@ class Trainer:
         objective: any ``pyro.infer.ELBO``; default built from ``config.loss``.
         checkpoint_extra: stored in every checkpoint (e.g. ``model_kwargs`` to rebuild the module).
         on_step: called as ``on_step(trainer, epoch, step, loss)`` after every optimiser step.
+        rank, world_size: this process's place in an initialised ``torch.distributed`` process group
+            (:mod:`pyro_vae.distributed`): with ``world_size > 1`` every rank trains on its share of each
+            batch through ``DistributedDataParallel`` and only rank 0 writes files.
     """
 
     def __init__(self, module: torch.nn.Module, data: Dataset, config: TrainConfig,
                  objective: Optional[ELBO] = None, checkpoint_extra: Optional[Dict[str, Any]] = None,
-                 on_step: Optional[Callable] = None, progress: bool = True):
+                 on_step: Optional[Callable] = None, progress: bool = True, rank: int = 0, world_size: int = 1):
         self.module, self.data, self.config = module, data, config
+        self.rank, self.world_size = rank, world_size
         self.objective = objective or build_objective(config.loss, config.num_particles, config.gradient,
                                                       config.num_outer, config.ciwae_beta)
         self.checkpoint_extra = checkpoint_extra or {}
@@ -353,6 +376,8 @@ class Trainer:
         self.best_val_elbo, self.best_epoch, self.epochs_since_best = -math.inf, 0, 0
         self._stop_requested = False
         self.params = self._collect_params()
+        if world_size > 1:
+            self._setup_distributed()
         self.optimizer = make_adam(self.params, config.lr)
         self.scheduler = self._build_scheduler()
 
@@ -366,10 +391,38 @@ class Trainer:
             with poutine.block(hide_types=["sample"]), torch.no_grad():
                 self.objective.loss(self.module.model, self.module.guide, x, **data)
         params = {id(p): p for p in self.module.parameters() if p.requires_grad}
-        for site in capture.trace.nodes.values():
+        self._foreign_params = []   # pyro.param names outside the module (not synchronised by DDP)
+        for name, site in capture.trace.nodes.items():
             p = site["value"].unconstrained()
+            if id(p) not in params:
+                self._foreign_params.append(name)
             params.setdefault(id(p), p)
         return list(params.values())
+
+    def _setup_distributed(self) -> None:
+        """Wrap the loss in DistributedDataParallel (which broadcasts rank 0's parameters and buffers)."""
+        distributed.require_module_parameters(self._foreign_params)
+        self._stop_agreed = False
+        self.external_stop: Optional[Callable[[], bool]] = None   # e.g. the launcher's Ctrl-C event
+        # DDP needs to know whether some parameter gets no gradient (it then searches the graph every step)
+        # and whether a step changes buffers (batch-norm statistics: then it broadcasts rank 0's before every
+        # step, a collective that constant buffers such as a prior's loc/scale do not need). Find out once, on
+        # two validation points, leaving the random streams and the buffers as they were.
+        x, data = self.valid[:2], {k: v[:2] for k, v in self.valid_data.items()}
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        buffers = [(b, b.clone()) for b in self.module.buffers()]
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            loss = self.objective.differentiable_loss(self.module.model, self.module.guide, x,
+                                                      num_data=self.num_train, **data)
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+        changed = [b for b, before in buffers if not torch.equal(b, before)]
+        with torch.no_grad():
+            for b, before in buffers:
+                b.copy_(before)
+        self.ddp = torch.nn.parallel.DistributedDataParallel(
+            distributed.DistributedLoss(self.module, self.objective, self.num_train),
+            device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            find_unused_parameters=any(g is None for g in grads), **distributed.buffer_sync(bool(changed)))
 
     def _build_scheduler(self):
         if self.config.lr_schedule == "exponential":
@@ -423,14 +476,19 @@ class Trainer:
         _set_rng_state(ckpt["rng"])
 
     def save_checkpoint(self) -> None:
-        atomic_save(self.state_dict(), self.out_dir / CHECKPOINT)
+        if self.rank == 0:   # distributed: rank 0 writes for all (the ranks' parameters are identical)
+            atomic_save(self.state_dict(), self.out_dir / CHECKPOINT)
 
     def _save_best(self) -> None:
+        if self.rank != 0:
+            return
         atomic_save({"config": self.config.to_dict(), "model_state": self.module.state_dict(),
                      "epoch": self.epoch, "val_elbo": self.best_val_elbo, **self.checkpoint_extra},
                     self.out_dir / BEST)
 
     def _write_metrics(self) -> None:
+        if self.rank != 0:
+            return
         _atomic_write_text("".join(json.dumps(row) + "\n" for row in self.history), self.out_dir / METRICS)
 
     # -- running --------------------------------------------------------------------------------
@@ -446,6 +504,10 @@ class Trainer:
         are not MC noise) without disturbing the training stream.
         """
         self.module.eval()
+        if self.world_size > 1:
+            elbo = self.sharded_bound(self.module, self.valid, self.config.seed + 7919, **self.valid_data)
+            self.module.train()
+            return elbo
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(self.config.seed + 7919)
@@ -453,6 +515,19 @@ class Trainer:
                               self.config.eval_batch_size, **self.valid_data)
         self.module.train()
         return elbo
+
+    def sharded_bound(self, module: Any, x: torch.Tensor, seed: int, **data) -> float:
+        """Distributed :func:`mean_bound` of ``module`` on ``x: [N, D]``: each rank evaluates its contiguous
+        shard with the random seed ``seed + rank``; the per-point mean is (sum of the ranks' sums) / N."""
+        start, stop = distributed.shard_bounds(x.shape[0], self.rank, self.world_size)
+        total = 0.0
+        if stop > start:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                torch.manual_seed(seed + self.rank)
+                total = (stop - start) * mean_bound(self.objective, module.model, module.guide, x[start:stop],
+                                                    self.config.eval_batch_size,
+                                                    **slice_data(data, x.shape[0], start, stop))
+        return distributed.all_reduce_sum([total], self.device)[0] / x.shape[0]
 
     def train_step(self, x: torch.Tensor, **data) -> float:
         """One optimiser step on the minibatch ``x: [B, D]`` (``**data``: its side inputs, e.g. labels
@@ -476,6 +551,40 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.params, self.config.clip_norm)
         self.optimizer.step()
         return loss_value
+
+    def _distributed_step(self, x: torch.Tensor, global_size: int, **data) -> float:
+        """One step of rank ``self.rank`` on its share ``x: [b_r, D]`` of a global batch of ``global_size``
+        points; returns the global batch's loss (per full data set), the same number on every rank."""
+        beta = self.beta()
+        model, guide = self.module.model, self.module.guide
+        if beta != 1.0:
+            model, guide = LatentScaleMessenger(beta)(model), LatentScaleMessenger(beta)(guide)
+        with pyro.validation_enabled(self._check_next_step and x.shape[0] > 0):
+            loss = self.ddp(x, model, guide, **data)     # N / b_r * sum over the share (0 for an empty share)
+        self._check_next_step = False
+        stop = self._stop_requested or (self.external_stop is not None and self.external_stop())
+        # one small all-reduce, overlapped with the backward pass: the share's loss sum (the global batch's
+        # sum, for metrics and the NaN check, so that every rank raises together, before any parameter
+        # changes) and the stop flag (every rank stops after the same step)
+        sums = distributed.start_all_reduce_sum([loss.detach() * (x.shape[0] / self.num_train), float(stop)],
+                                                self.device)
+        self.optimizer.zero_grad(set_to_none=True)
+        # DDP averages gradients over ranks: weighting rank r by b_r * world / B makes the average the
+        # gradient of N / B * (sum over the global batch), as in one process, even for uneven shares
+        (loss * (x.shape[0] * self.world_size / global_size)).backward()
+        total, stops = sums()
+        self._stop_agreed = self._stop_agreed or stops > 0
+        loss_value = total * self.num_train / global_size
+        if not math.isfinite(loss_value):
+            raise self._diverged(f"loss became {loss_value} at epoch {self.epoch + 1}, step {self.step + 1} "
+                                 f"(of {self.steps_per_epoch})")
+        if self.config.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, self.config.clip_norm)
+        self.optimizer.step()
+        return loss_value
+
+    def _stopping(self) -> bool:
+        return self._stop_agreed if self.world_size > 1 else self._stop_requested
 
     def _diverged(self, what: str) -> TrainingDiverged:
         if self.epoch == 0:
@@ -532,12 +641,15 @@ class Trainer:
         if fresh and (self.out_dir / CHECKPOINT).exists():
             raise FileExistsError(f"{self.out_dir / CHECKPOINT} already exists: pass --resume to continue that "
                                   f"run, or choose another --out")
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
         total = self.config.epochs * self.steps_per_epoch
         done = min(self.epoch * self.steps_per_epoch + self.step, total)
-        bar = tqdm(total=total, initial=done, disable=not self.progress, unit="step", dynamic_ncols=True,
-                   desc="train")
+        bar = tqdm(total=total, initial=done, disable=not self.progress or self.rank != 0, unit="step",
+                   dynamic_ncols=True, desc="train")
         previous_handler = self._install_sigint_handler()
+        if self.rank > 0:   # rank 0 continues the saved stream; the others draw their own noise
+            pyro.set_rng_seed(distributed.rank_seed(self.config.seed, self.epoch, self.step, self.rank))
         self._check_next_step = is_validation_enabled()
         # The trainer owns the optimiser over module.parameters(), so the module need not register
         # them in Pyro's param store on every call (see VAE.register_params).
@@ -553,12 +665,17 @@ class Trainer:
                 x_epoch = self.data.train_epoch(self.epoch, self.config.seed)    # [N_train, D]
                 order = epoch_permutation(self.num_train, self.config.seed, self.epoch)
                 while self.step < self.steps_per_epoch:
-                    if self._stop_requested:
+                    if self._stopping():
                         self.save_checkpoint()
                         return "interrupted"
                     idx = order[self.step * self.config.batch_size:(self.step + 1) * self.config.batch_size]
-                    data = {"y": self.train_labels[idx]} if self.uses_labels else {}
-                    loss = self.train_step(x_epoch[idx].to(self.device), **data)
+                    if self.world_size > 1:
+                        mine = distributed.shard(idx, self.rank, self.world_size)
+                        data = {"y": self.train_labels[mine]} if self.uses_labels else {}
+                        loss = self._distributed_step(x_epoch[mine].to(self.device), len(idx), **data)
+                    else:
+                        data = {"y": self.train_labels[idx]} if self.uses_labels else {}
+                        loss = self.train_step(x_epoch[idx].to(self.device), **data)
                     self.epoch_loss_sum += loss * len(idx) / self.num_train
                     self.step += 1
                     bar.update(1)
@@ -580,8 +697,8 @@ class Trainer:
 
     def _install_sigint_handler(self):
         """First Ctrl-C: finish the current step, save, return.  Second Ctrl-C: the usual KeyboardInterrupt."""
-        if threading.current_thread() is not threading.main_thread():
-            return None
+        if threading.current_thread() is not threading.main_thread() or distributed.worker_context() is not None:
+            return None   # (a process of pyro_vae.distributed.launch: the launcher relays Ctrl-C to all ranks)
 
         def handler(signum, frame):
             if self._stop_requested:
@@ -607,6 +724,22 @@ def _check_resume_config(saved: Dict[str, Any], config: TrainConfig, path: Path)
                          f"--lr-schedule cosine, whose schedule ends at the original --epochs)")
 
 
+def check_start(config: TrainConfig, resume: bool) -> Optional[Dict[str, Any]]:
+    """The checkpoint to resume from (None for a fresh run), or a clear error: a resume without a
+    checkpoint or with a changed config, a fresh run into a folder that holds one."""
+    ckpt_path = Path(config.out) / CHECKPOINT
+    if resume:
+        if not ckpt_path.exists():
+            raise FileNotFoundError(f"--resume given but there is no checkpoint at {ckpt_path}")
+        ckpt = load_checkpoint(ckpt_path)
+        _check_resume_config(ckpt["config"], config, ckpt_path)
+        return ckpt
+    if ckpt_path.exists():   # checked here too, before minutes of data loading
+        raise FileExistsError(f"{ckpt_path} already exists: pass --resume to continue that run, "
+                              f"or choose another --out")
+    return None
+
+
 def train(config: TrainConfig, resume: bool = False, progress: bool = True,
           data: Optional[Dataset] = None, on_step: Optional[Callable] = None,
           figures: bool = True) -> TrainResult:
@@ -618,23 +751,24 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
             and data order as if never stopped).  Without it, an existing checkpoint is an error, so
             a run is never overwritten by accident.
         data: a pre-loaded data set (default: ``load_dataset`` from the config).
+        on_step: called as ``on_step(trainer, epoch, step, loss)`` after every step (with
+            ``config.devices > 1``: in rank 0's process, so it must be picklable).
         figures: write the PNG figures at the end.
+
+    With ``config.devices > 1`` the run is data-parallel over that many processes
+    (:mod:`pyro_vae.distributed`); the result is read back from the run folder.
 
     Returns:
         a :class:`TrainResult`; ``result.model`` is the VAE with the *best* validation bound.
     """
+    worker = distributed.worker_context()
+    if config.devices > 1 and worker is None:
+        return distributed.launch(config, resume=resume, progress=progress, data=data, on_step=on_step,
+                                  figures=figures)
+    rank, world = (worker.rank, worker.world_size) if worker is not None else (0, 1)
     out = Path(config.out)
-    ckpt_path = out / CHECKPOINT
-    ckpt = None
-    if resume:
-        if not ckpt_path.exists():
-            raise FileNotFoundError(f"--resume given but there is no checkpoint at {ckpt_path}")
-        ckpt = load_checkpoint(ckpt_path)
-        _check_resume_config(ckpt["config"], config, ckpt_path)
-    elif ckpt_path.exists():   # checked here too, before minutes of data loading
-        raise FileExistsError(f"{ckpt_path} already exists: pass --resume to continue that run, "
-                              f"or choose another --out")
-    device = resolve_device(config.device)
+    ckpt = check_start(config, resume)
+    device = worker.device if worker is not None else resolve_device(config.device)
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
     if data is None:
@@ -662,27 +796,35 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     validating = getattr(vae, "validate_inputs", None)
     if validating is not None:
         vae.validate_inputs = False
-    trainer = Trainer(vae, data, config, checkpoint_extra=extra, on_step=on_step, progress=progress)
+    trainer = Trainer(vae, data, config, checkpoint_extra=extra, on_step=on_step, progress=progress,
+                      rank=rank, world_size=world)
+    if worker is not None:
+        trainer.external_stop = worker.stop_event.is_set
     if ckpt is not None:
         trainer.load_state_dict(ckpt)
-    out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(json.dumps(config.to_dict(), indent=2) + "\n", out / CONFIG)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(json.dumps(config.to_dict(), indent=2) + "\n", out / CONFIG)
     try:
         stop_reason = trainer.fit()
     finally:
         if validating is not None:
             vae.validate_inputs = validating
+    if world > 1:
+        distributed.barrier(device)   # rank 0 has written best.pt
     best = vae
     if (out / BEST).exists():
         best, _ = load_vae(out / BEST, map_location=str(device))
         best.to(device)
     if stop_reason != "interrupted":
+        test_elbo = _test_bound(best, trainer, data)
         summary = {"best_epoch": trainer.best_epoch, "best_val_elbo": trainer.best_val_elbo,
-                   "test_elbo": _test_bound(best, trainer, data), "epochs_run": trainer.epoch,
+                   "test_elbo": test_elbo, "epochs_run": trainer.epoch,
                    "stop_reason": stop_reason, "num_train": trainer.num_train,
                    "seconds": sum(r["seconds"] for r in trainer.history)}
-        _atomic_write_text(json.dumps(summary, indent=2) + "\n", out / SUMMARY)
-        if figures:
+        if rank == 0:
+            _atomic_write_text(json.dumps(summary, indent=2) + "\n", out / SUMMARY)
+        if figures and rank == 0:
             from .plots import plot_training_curves, write_run_figures
             try:
                 if isinstance(best, VAE):
@@ -695,6 +837,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
 
 
 def _test_bound(vae: VAE, trainer: Trainer, data: Dataset) -> float:
+    if trainer.world_size > 1:   # each rank its shard of the test set, as for validation
+        labels = {"y": data.test_labels.to(trainer.device)} if trainer.uses_labels else {}
+        return trainer.sharded_bound(vae, data.test.to(trainer.device), trainer.config.seed + 104729, **labels)
     with torch.random.fork_rng(devices=[trainer.device] if trainer.device.type == "cuda" else []):
         torch.manual_seed(trainer.config.seed + 104729)
         labels = {"y": data.test_labels.to(trainer.device)} if trainer.uses_labels else {}
