@@ -175,8 +175,8 @@ def launch(config, resume: bool = False, progress: bool = True, data=None, on_st
     """Train with ``config.devices`` processes and return the :class:`~pyro_vae.training.TrainResult` read back
     from the run folder (``model``: ``best.pt``'s model, or the last checkpoint's before the first epoch ended).
 
-    ``data`` (a pre-loaded data set) is shared with the processes through shared memory (``/dev/shm``); without
-    it every process loads the data set itself.  ``on_step`` runs in rank 0's process, so it must be picklable
+    ``data`` (a pre-loaded data set) is copied to every process (as numpy arrays through the start-up pipe, not
+    through shared memory or passed file descriptors); without it every process loads the data set itself.  ``on_step`` runs in rank 0's process, so it must be picklable
     (a module-level function, or an instance of a module-level class).  An error in a process is raised here
     as the same exception type and message where possible.
     """
@@ -198,8 +198,8 @@ def launch(config, resume: bool = False, progress: bool = True, data=None, on_st
     ctx = mp.get_context("spawn")
     results, stop_event = ctx.SimpleQueue(), ctx.Event()
     processes = mp.start_processes(
-        _train_worker, args=(world, free_port(), os.getpid(), config, resume, progress, data, on_step, figures,
-                             results, stop_event),
+        _train_worker, args=(world, free_port(), os.getpid(), config, resume, progress, _to_arrays(data), on_step,
+                             figures, results, stop_event),
         nprocs=world, join=False, start_method="spawn")
     interrupts = []
 
@@ -246,6 +246,23 @@ def launch(config, resume: bool = False, progress: bool = True, data=None, on_st
             raise KeyboardInterrupt
         raise RuntimeError(f"the {world} training processes exited without reporting a result")
     return _read_result(config, done[0][2])
+
+
+def _to_arrays(data):
+    """A :class:`~pyro_vae.data.Dataset`'s fields with its tensors as numpy arrays: pickled by value to the
+    spawned processes (torch tensors would go through shared memory and file descriptors passed between
+    processes, which a small /dev/shm or a low open-file limit breaks)."""
+    if data is None:
+        return None
+    return {f.name: getattr(data, f.name).numpy() if torch.is_tensor(getattr(data, f.name)) else getattr(data, f.name)
+            for f in dataclasses.fields(data)}
+
+
+def _from_arrays(fields):
+    if fields is None:
+        return None
+    from .data import Dataset
+    return Dataset(**{k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in fields.items()})
 
 
 def _read_result(config, stop_reason: str):
@@ -314,7 +331,7 @@ def _train_worker(rank: int, world: int, port: int, parent_pid: int, config, res
         dist.init_process_group(backend, rank=rank, world_size=world)
         _WORKER = WorkerContext(rank, world, device, stop_event)
         from .training import train
-        result = train(config, resume=resume, progress=progress and rank == 0, data=data,
+        result = train(config, resume=resume, progress=progress and rank == 0, data=_from_arrays(data),
                        on_step=on_step if rank == 0 else None, figures=figures)
         if rank == 0:
             results.put(("done", rank, result.stop_reason))
