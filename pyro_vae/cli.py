@@ -22,6 +22,7 @@ from .networks import ACTIVATIONS, NETWORKS
 from .objectives import GRADIENTS, OBJECTIVES
 from .priors import PRIORS
 from .training import (CHECKPOINT, LR_SCHEDULES, SUMMARY, TrainConfig, TrainingDiverged, load_checkpoint,
+                       resolve_device,
                        load_vae, train)
 
 DEFAULTS = TrainConfig()
@@ -269,15 +270,18 @@ def _cmd_reconstruct(args, argv) -> int:
 
 def _cmd_evaluate(args, argv) -> int:
     from .evaluation import evaluate
-    vae, config = load_vae(args.checkpoint)
+    device = resolve_device(args.device)
+    vae, config = load_vae(args.checkpoint, map_location=str(device))
+    vae = vae.to(device)
     data = load_dataset(config.dataset, args.data_dir or config.data_dir, config.resolved_binarize(),
                         config.valid_size, config.seed)
     if args.split == "train" and data.binarize == "dynamic":
         raise ValueError("the train split is re-binarized every epoch (dynamic binarization); evaluate on "
                          "valid or test, which are binarized once")
-    x, labels = data.split(args.split), data.labels(args.split)
+    x, labels = data.split(args.split).to(device), data.labels(args.split)
     if args.num is not None:
         x, labels = x[: args.num], (labels[: args.num] if labels is not None else None)
+    labels = labels.to(device) if labels is not None else None
     torch.manual_seed(args.seed)
     summary = evaluate(vae.model, vae.guide, x, num_samples=args.num_samples, particle_chunk=args.particle_chunk,
                        batch_size=args.batch_size, progress=not args.no_progress,
@@ -348,6 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data points at once (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--data-dir", default=None, help="override the data folder stored in the checkpoint's config")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto: where the model and the samples live "
+                                                   "(default: %(default)s)")
     p.add_argument("--out", default=None, help="folder for evaluation_SPLIT.json (default: the run folder)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_evaluate)

@@ -270,6 +270,10 @@ def make_adam(params: List[torch.Tensor], lr: float) -> torch.optim.Adam:
 
 
 def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA where available) as a ``torch.device``; a clear
+    ``ValueError`` for anything else or for CUDA on a machine without it."""
+    if name not in ("cpu", "cuda", "auto") and not (name.startswith("cuda:") and name[5:].isdigit()):
+        raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {name!r}")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():

@@ -78,3 +78,15 @@ def test_training_on_cuda_matches_the_cpu_run_closely(tmp_path, model):
     resumed = train(TrainConfig(epochs=3, out=str(tmp_path / "cuda"), device="cuda", model=model, patience=0),
                     resume=True, progress=False, figures=False)
     assert len(resumed.history) == 3
+
+
+def test_evaluate_command_runs_on_the_chosen_device(tmp_path, capsys):
+    from pyro_vae.cli import main
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--hidden", "16", "--no-progress", "--no-figures", "--out", str(out)]) == 0
+    for device in devices() + ["auto"]:
+        assert main(["evaluate", str(out), "--num", "20", "--num-samples", "10", "--no-progress",
+                     "--device", device, "--out", str(tmp_path / device)]) == 0
+        assert "log p(x) =" in capsys.readouterr().out
+    assert main(["evaluate", str(out), "--num", "5", "--device", "tpu"]) == 1
+    assert "device" in capsys.readouterr().err
