@@ -42,8 +42,8 @@ PUBLISHED_SOURCES: List[str] = [
     "dynamic: Burda, Grosse & Salakhutdinov, *Importance Weighted Autoencoders*, ICLR 2016, Table 1, one "
     "stochastic layer: 784-200-200-50 tanh, batch 20, 59600 training images resampled every time they are used, "
     "3280 epochs (8 stages of 3^i epochs, learning rate 1e-3 decayed by 10^(-1/7) per stage), S = 5000.",
-    "static: the same paper's appendix (fixed binarization, 50000 training images; IWAE rows only; we took "
-    "these from reproductions quoting the appendix, not from its text).",
+    "static (†): the same paper's appendix (fixed binarization, 50000 training images; IWAE rows only; we "
+    "took these from reproductions quoting the appendix, not from its text).",
     "For the priors: Tomczak & Welling, *VAE with a VampPrior*, AISTATS 2018, report -85.57 on static MNIST for "
     "a one-layer VAE with a 500-component VampPrior (300-300 gated MLP, 40 latents, warm-up), see the priors study.",
     "Ours differs from the IWAE setting in batch size (100), training images (50000; 10000 held out for "
@@ -65,7 +65,8 @@ BUDGETS: Dict[str, Dict] = {
 
 def _published(binarization: str, name: str) -> str:
     value = PUBLISHED.get((binarization, name))
-    return "—" if value is None else f"{value:.2f}"
+    # † marks the static-binarization values, taken from reproductions quoting the paper (see sources)
+    return "—" if value is None else f"{value:.2f}" + (" †" if binarization == "static" else "")
 
 
 def run(budget_name: str, out_dir: Path, command: str, revision: str, data_dir: Optional[str] = None) -> Dict:

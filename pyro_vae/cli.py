@@ -215,7 +215,11 @@ def _image_shape(checkpoint) -> Optional[List[int]]:
 
 def _labels_for(vae, labels: Optional[torch.Tensor]) -> dict:
     """``{"y": labels}`` for a model that takes labels, ``{}`` otherwise."""
-    return {"y": labels} if uses_labels(vae) and labels is not None else {}
+    if not uses_labels(vae):
+        return {}
+    if labels is None:
+        raise ValueError(f"{type(vae).__name__} is conditional on labels y, but this data split has none")
+    return {"y": labels}
 
 
 def _cmd_sample(args, argv) -> int:

@@ -11,10 +11,11 @@ A model is an ``nn.Module`` (or any object) with two Pyro programs::
   ``pyro.plate("data", num_data or B, subsample=...)``, whose subsample is the batch, so Pyro scales the
   batch's log-densities by N / B.  Sites outside it are global (their shape must not depend on B).
 * ``**data`` are optional per-datapoint side inputs named by the model's signature; the library passes
-  ``y`` (class labels, ``[B]`` integers) to programs whose signature has a ``y`` parameter, and slices it
-  with ``x`` everywhere (training batches, validation, ``log_likelihood``).
-* Parameters live in the module (``nn.Module`` / ``PyroModule``) or in ``pyro.param``; checkpoints store
-  both.  Optional methods used by the CLI when present: ``sample(num_samples, **data) -> [num_samples, D]``,
+  ``y`` (class labels, ``[B]`` integers) to both programs when ``model`` has a ``y`` parameter, and slices it
+  with ``x`` everywhere (training batches, validation, ``log_likelihood``: :func:`slice_data` slices every
+  tensor keyword argument whose first dimension is the number of data points).
+* Parameters live in the module (``nn.Parameter`` / ``PyroParam``): checkpoints store its ``state_dict``
+  and rebuild it from its class (``--model`` refuses ``pyro.param``s outside the module).  Optional methods used by the CLI when present: ``sample(num_samples, **data) -> [num_samples, D]``,
   ``reconstruct(x, **data) -> [B, D]``, ``check_input(x)``.
 
 :func:`check_model` enforces the plate part on a small batch and raises :class:`ModelGuideContractError`
@@ -60,7 +61,7 @@ def slice_data(kwargs: Dict[str, Any], num_points: int, start: int, stop: int) -
             for k, v in kwargs.items()}
 
 
-def _site_shapes(module: Any, x: torch.Tensor, num_data: int, plate: str, **data) -> Dict[str, Dict]:
+def _site_shapes(module: Any, x: torch.Tensor, num_data: Optional[int], plate: str, **data) -> Dict[tuple, Dict]:
     """For each sample site of guide and model on batch ``x``: value shape and whether it is in the plate."""
     guide_trace = poutine.trace(module.guide).get_trace(x, num_data=num_data, **data)
     model_trace = poutine.trace(poutine.replay(module.model, trace=guide_trace)).get_trace(
@@ -77,12 +78,15 @@ def _site_shapes(module: Any, x: torch.Tensor, num_data: int, plate: str, **data
 
 
 def check_model(module: Any, x: torch.Tensor, num_data: Optional[int] = None, plate: str = "data", **data) -> None:
-    """Check the contract on two small batches of ``x`` (``[N, D]``, N >= 3); raise
+    """Check the contract on small batches of ``x`` (``[N, D]``, N >= 3); raise
     :class:`ModelGuideContractError` naming the problem.
 
-    Checked: ``model`` and ``guide`` exist and accept ``num_data``; the observed site(s) and every site whose
-    shape depends on the batch size sit in the plate ``plate``; that plate's subsample is the batch and its
-    size is ``num_data``.
+    Checked: ``model`` and ``guide`` exist and accept ``num_data`` (and ``y`` both, if the model takes
+    labels); they run on a batch with ``num_data`` given and with ``num_data=None``; every site whose shape
+    follows the batch size (observed or latent) sits in the plate ``plate``, whose subsample is the batch
+    and whose size is ``num_data`` (or the batch's, without it); something is observed in that plate.
+    Sites whose shape does not depend on the batch (global latents, ``pyro.factor`` penalties,
+    ``pyro.deterministic`` records) may sit outside it.
     """
     for program in ("model", "guide"):
         fn = getattr(module, program, None)
@@ -91,66 +95,95 @@ def check_model(module: Any, x: torch.Tensor, num_data: Optional[int] = None, pl
         if not accepts(fn, "num_data"):
             raise ModelGuideContractError(
                 f"{type(module).__name__}.{program} must accept num_data (the full data-set size, for the data "
-                f"plate: pyro.plate({plate!r}, num_data, subsample=...))")
+                f"plate: pyro.plate({plate!r}, num_data or len(x), subsample=...))")
+    if uses_labels(module) and not accepts(module.guide, LABELS):
+        raise ModelGuideContractError(f"{type(module).__name__}.model takes labels y, so the guide is called with "
+                                      f"them too: give guide a y parameter (it may ignore it)")
     if x.shape[0] < 3:
         raise ValueError(f"check_model needs at least 3 data points, got {x.shape[0]}")
-    num_data = num_data or x.shape[0]
-    # its draws come from a forked stream: checking must not shift the caller's random numbers (a trainer
-    # that checks before its first step trains exactly as one that does not)
+    full = num_data or x.shape[0]
+    advice = (f"put it inside `with pyro.plate({plate!r}, num_data or len(x), subsample=torch.arange(len(x))):` "
+              f"in both the model and the guide (see docs/declaring_models.md)")
+
+    def shapes(n: int, given: Optional[int]) -> Dict:
+        try:
+            return _site_shapes(module, x[:n], given, plate, **slice_data(data, x.shape[0], 0, n))
+        except ModelGuideContractError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the user's program failed: say where, keep the cause
+            raise ModelGuideContractError(
+                f"running {type(module).__name__}'s guide and model on a batch of {n} points with num_data="
+                f"{given} failed: {type(e).__name__}: {e} (the data plate must work with num_data=None too: "
+                f"pyro.plate({plate!r}, num_data or len(x), subsample=torch.arange(len(x))))") from e
+
+    # Its draws come from a forked stream and module buffers (batch-norm statistics) are restored, so a
+    # trainer that checks before its first step trains exactly as one that does not.
     devices = [x.device] if x.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.no_grad(), poutine.block(hide_types=["param"]):
-        small = _site_shapes(module, x[:2], num_data, plate, **slice_data(data, x.shape[0], 0, 2))
-        large = _site_shapes(module, x[:3], num_data, plate, **slice_data(data, x.shape[0], 0, 3))
-    advice = (f"put it inside `with pyro.plate({plate!r}, num_data, subsample=torch.arange(len(x))):` in both "
-              f"the model and the guide (see docs/declaring_models.md)")
+    buffers = [(b, b.detach().clone()) for b in module.buffers()] if isinstance(module, torch.nn.Module) else []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), poutine.block(hide_types=["param"]):
+            small, large, unscaled = shapes(2, full), shapes(3, full), shapes(3, None)
+    finally:
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
     for key, site in large.items():
         program, name = key
-        per_datapoint = site["observed"] or small.get(key, {}).get("shape") != site["shape"]
+        per_datapoint = small.get(key, {}).get("shape") != site["shape"]
         if site["frame"] is None and per_datapoint:
             what = "the observed site" if site["observed"] else "the per-datapoint site"
             raise ModelGuideContractError(f"{what} {name!r} of the {program} is not inside the data plate "
                                           f"{plate!r}: {advice}")
-        frame = site["frame"]
-        if frame is not None:
-            full = frame.full_size or frame.size
-            if frame.size != 3 or full != num_data:
+    for given, sites in ((full, large), (3, unscaled)):
+        for (program, name), site in sites.items():
+            frame = site["frame"]
+            if frame is not None and (frame.size != 3 or (frame.full_size or frame.size) != given):
                 raise ModelGuideContractError(
-                    f"site {name!r} of the {program}: the data plate {plate!r} has size {full} and subsample "
-                    f"{frame.size}, but the batch has 3 points out of num_data={num_data}; declare it as "
-                    f"pyro.plate({plate!r}, num_data or len(x), subsample=torch.arange(len(x)))")
-    if not any(site["observed"] for site in large.values()):
-        raise ModelGuideContractError("the model observes nothing: score the data with pyro.sample(..., obs=x) "
-                                      "inside the data plate")
+                    f"site {name!r} of the {program}: the data plate {plate!r} has size "
+                    f"{frame.full_size or frame.size} and subsample {frame.size}, but the batch has 3 points out "
+                    f"of num_data={given}; declare it as pyro.plate({plate!r}, num_data or len(x), "
+                    f"subsample=torch.arange(len(x)))")
+    if not any(site["observed"] and site["frame"] is not None for site in large.values()):
+        raise ModelGuideContractError(f"the model observes nothing in the data plate {plate!r}: score the data "
+                                      f"with pyro.sample(..., obs=x) inside it")
 
 
 def import_object(spec: str) -> Any:
-    """``"package.module:Name"`` -> the object; the current folder is importable (as with ``python -m``)."""
+    """``"package.module:Name"`` -> the object; the current folder is importable while importing (as with
+    ``python -m``)."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError(f"--model must look like package.module:Name, got {spec!r}")
-    if os.getcwd() not in sys.path:
+    added = os.getcwd() not in sys.path
+    if added:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise ValueError(f"cannot import {module_name!r} for --model {spec}: {e}") from e
+    finally:
+        if added and os.getcwd() in sys.path:
+            sys.path.remove(os.getcwd())
     try:
         obj = module
         for part in attr.split("."):
             obj = getattr(obj, part)
     except AttributeError:
         raise ValueError(f"{module_name!r} has no attribute {attr!r} (--model {spec})") from None
-    if not callable(obj):
-        raise ValueError(f"--model {spec} is not a class or function")
     return obj
 
 
 def build_user_model(spec: str, offered: Dict[str, Any], model_args: Dict[str, Any]) -> tuple:
-    """Call the factory ``spec`` with the ``offered`` settings its signature names (``data_dim``,
-    ``latent_dim``, ``hidden``, ``num_classes``, ...) and every ``model_args`` entry.
+    """Instantiate the ``nn.Module`` subclass ``spec`` with the ``offered`` settings its signature names
+    (``data_dim``, ``latent_dim``, ``hidden``, ``num_classes``, ...) and every ``model_args`` entry.
 
+    Only classes that subclass ``torch.nn.Module`` are accepted: a checkpoint names its model's class, and
+    loading a checkpoint must not be able to call an arbitrary function (``os:system``).
     Returns ``(model, kwargs)``; ``kwargs`` rebuilds the same model from a checkpoint."""
     factory = import_object(spec)
+    if not (inspect.isclass(factory) and issubclass(factory, torch.nn.Module)):
+        raise ValueError(f"--model {spec} must name a torch.nn.Module subclass (a class with model() and guide() "
+                         f"methods), got {type(factory).__name__} {factory!r}")
     try:
         parameters = inspect.signature(factory).parameters
     except (TypeError, ValueError):
@@ -162,7 +195,4 @@ def build_user_model(spec: str, offered: Dict[str, Any], model_args: Dict[str, A
         model = factory(**kwargs)
     except TypeError as e:
         raise ValueError(f"--model {spec}: calling it with {sorted(kwargs)} failed: {e}") from e
-    if not isinstance(model, torch.nn.Module):
-        raise ValueError(f"--model {spec} returned a {type(model).__name__}; it must return a torch.nn.Module "
-                         f"(or PyroModule) holding the parameters, with model() and guide() methods")
     return model, kwargs

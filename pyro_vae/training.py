@@ -251,13 +251,24 @@ def model_kwargs(config: TrainConfig, data: Dataset) -> Dict[str, Any]:
                 prior_components=config.prior_components)
 
 
+# settings of TrainConfig that describe our VAE; a --model factory receives those its signature names
+MODEL_SETTINGS = ("latent_dim", "hidden", "activation", "likelihood", "network", "channels", "sigma", "learn_sigma",
+                  "prior", "prior_components", "vamp_init")
+
+
 def user_model_offer(config: TrainConfig, data: Dataset) -> Dict[str, Any]:
-    """Settings offered to a ``--model`` factory; it receives those its signature names."""
+    """Settings offered to a ``--model`` factory, which receives those its signature names: what the data
+    set fixes (``data_dim``, ``image_shape``, ``num_classes``) always, and the model settings only where
+    they differ from their defaults (so the factory's own defaults hold unless a flag changes them)."""
     labels = data.train_labels
-    return dict(data_dim=data.data_dim, latent_dim=config.latent_dim, hidden=list(config.hidden),
-                activation=config.activation, likelihood=config.likelihood,
-                image_shape=list(data.image_shape) if data.image_shape else None,
-                num_classes=int(labels.max()) + 1 if labels is not None and len(labels) else None)
+    offer = dict(data_dim=data.data_dim, image_shape=list(data.image_shape) if data.image_shape else None,
+                 num_classes=int(labels.max()) + 1 if labels is not None and len(labels) else None)
+    defaults = TrainConfig()
+    for name in MODEL_SETTINGS:
+        value = getattr(config, name)
+        if value != getattr(defaults, name):
+            offer[name] = list(value) if isinstance(value, tuple) else value
+    return offer
 
 
 def make_adam(params: List[torch.Tensor], lr: float) -> torch.optim.Adam:
@@ -367,12 +378,16 @@ class Trainer:
         self.valid = data.valid.to(self.device)
         # side inputs the model asks for by name (pyro_vae.contract): class labels ``y``
         self.uses_labels = uses_labels(module)
-        if self.uses_labels and (data.train_labels is None or data.valid_labels is None):
-            raise ValueError(f"{type(module).__name__}.model takes labels y, but the data set {data.name!r} has none")
+        if self.uses_labels and any(data.labels(split) is None for split in ("train", "valid", "test")):
+            missing = [split for split in ("train", "valid", "test") if data.labels(split) is None]
+            raise ValueError(f"{type(module).__name__}.model takes labels y, but the data set {data.name!r} has no "
+                             f"labels for its {', '.join(missing)} split(s)")
         self.train_labels = data.train_labels.to(self.device) if self.uses_labels else None
         self.valid_data = {"y": data.valid_labels.to(self.device)} if self.uses_labels else {}
         if self.valid.shape[0] >= 3:
-            check_model(module, self.valid, num_data=self.num_train, **self.valid_data)
+            # the objective's data plate (IWAE_ELBO(plate=...)), else the module's (VAE(data_plate=...))
+            plate = getattr(self.objective, "plate", None) or getattr(module, "data_plate", "data")
+            check_model(module, self.valid, num_data=self.num_train, plate=plate, **self.valid_data)
         # progress through training: everything needed to continue exactly where we stopped
         self.epoch, self.step = 0, 0
         self.epoch_loss_sum, self.epoch_start_time = 0.0, None
@@ -779,7 +794,12 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         data = load_dataset(config.dataset, config.data_dir, config.resolved_binarize(), config.valid_size,
                             config.seed, config.download)
     if config.model:   # a user model declared on the contract of pyro_vae.contract
-        vae, kwargs = build_user_model(config.model, user_model_offer(config, data), config.model_args)
+        offer = user_model_offer(config, data)
+        vae, kwargs = build_user_model(config.model, offer, config.model_args)
+        ignored = sorted(k for k in offer if k in MODEL_SETTINGS and k not in kwargs)
+        if ignored:
+            warnings.warn(f"--model {config.model} does not take {', '.join(ignored)}: those flags are ignored "
+                          f"(pass the model's own arguments with --model-arg KEY=VALUE)")
         extra = {"user_model": config.model, "user_model_kwargs": kwargs}
     else:
         kwargs = model_kwargs(config, data)
@@ -802,6 +822,12 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         vae.validate_inputs = False
     trainer = Trainer(vae, data, config, checkpoint_extra=extra, on_step=on_step, progress=progress,
                       rank=rank, world_size=world)
+    if config.model and trainer._foreign_params:
+        # best.pt and load_vae rebuild the module from its class and state_dict: pyro.param values outside
+        # it would come back at their initial values in `evaluate`, `sample` and the summary's test bound
+        raise ValueError(f"--model {config.model}: these parameters are pyro.param calls, not parameters of the "
+                         f"module: {', '.join(sorted(trainer._foreign_params))}. Make them nn.Parameter (or "
+                         f"PyroParam) attributes of the module, so checkpoints can rebuild the model")
     if worker is not None:
         trainer.external_stop = worker.stop_event.is_set
     if ckpt is not None:

@@ -189,3 +189,97 @@ def test_model_arg_the_factory_does_not_take_is_a_clear_error(tmp_path, capsys):
     assert main(["train", "--model", "pyro_vae.examples.two_layer:TwoLayerVAE", "--model-arg", "bogus=1",
                  "--epochs", "1", "--no-progress", "--out", str(tmp_path / "x")]) == 1
     assert "bogus" in capsys.readouterr().err
+
+
+# -- the contract's edges (from review) ------------------------------------------------------------------------
+
+class WithGlobalFactorAndRecord(LatentOutsidePlate):
+    """Keeps the contract: a global penalty (pyro.factor) and a record (pyro.deterministic) outside the plate."""
+
+    def model(self, x, num_data=None):
+        pyro.factor("weight_penalty", -1e-3 * sum(p.pow(2).sum() for p in self.decoder.parameters()))
+        pyro.deterministic("temperature", torch.tensor(1.0))
+        with pyro.plate("data", num_data or len(x), subsample=torch.arange(len(x))):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=self.decoder(z)).to_event(1), obs=x)
+
+    def guide(self, x, num_data=None):
+        with pyro.plate("data", num_data or len(x), subsample=torch.arange(len(x))):
+            pyro.sample("z", dist.Normal(*self.encoder(x)).to_event(1))
+
+
+class PlateNeedsNumData(WithGlobalFactorAndRecord):
+    """Breaks the contract: pyro.plate('data', num_data, ...) fails when called without num_data (evaluation)."""
+
+    def model(self, x, num_data=None):
+        with pyro.plate("data", num_data, subsample=torch.arange(len(x))):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=self.decoder(z)).to_event(1), obs=x)
+
+
+class WithBatchNorm(WithGlobalFactorAndRecord):
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(64)
+
+    def guide(self, x, num_data=None):
+        with pyro.plate("data", num_data or len(x), subsample=torch.arange(len(x))):
+            pyro.sample("z", dist.Normal(*self.encoder(self.norm(x))).to_event(1))
+
+
+class ParamStoreModel(WithGlobalFactorAndRecord):
+    def model(self, x, num_data=None):
+        bias = pyro.param("bias", torch.zeros(64))
+        with pyro.plate("data", num_data or len(x), subsample=torch.arange(len(x))):
+            z = pyro.sample("z", dist.Normal(torch.zeros(2), 1.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=self.decoder(z) + bias).to_event(1), obs=x)
+
+
+def test_global_factor_and_deterministic_sites_keep_the_contract(digits):
+    check_model(WithGlobalFactorAndRecord(), digits.test[:5], num_data=100)
+
+
+def test_a_plate_that_needs_num_data_is_named_before_training(digits):
+    with pytest.raises(ModelGuideContractError, match="num_data=None failed.*num_data or len"):
+        check_model(PlateNeedsNumData(), digits.test[:5], num_data=100)
+
+
+def test_checking_leaves_batch_norm_statistics_alone(digits):
+    module = WithBatchNorm()
+    before = {k: v.clone() for k, v in module.norm.state_dict().items()}
+    check_model(module, digits.test[:5], num_data=100)
+    assert all(torch.equal(before[k], v) for k, v in module.norm.state_dict().items())
+
+
+def test_custom_plate_names_still_train(digits, tmp_path):
+    from pyro_vae import IWAE_ELBO, build_vae
+    vae = build_vae(64, 2, (8,))
+    vae.data_plate = "batch"
+    trainer = Trainer(vae, digits, TrainConfig(epochs=1, out=str(tmp_path / "p")), IWAE_ELBO(3, plate="batch"),
+                      progress=False)
+    assert trainer.fit() == "completed"
+
+
+def test_a_checkpoint_cannot_name_an_arbitrary_function():
+    from pyro_vae.contract import build_user_model
+    with pytest.raises(ValueError, match="must name a torch.nn.Module subclass"):
+        build_user_model("os:system", {}, {"command": "echo pwned"})
+
+
+def test_model_flag_with_pyro_param_outside_the_module_is_refused(tmp_path, capsys):
+    assert main(["train", "--model", "test_examples:ParamStoreModel", "--epochs", "1", "--no-progress",
+                 "--no-figures", "--out", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err
+    assert "bias" in err and "nn.Parameter" in err
+
+
+def test_factory_defaults_hold_unless_a_flag_changes_them(tmp_path):
+    from pyro_vae.training import train
+    pyro.set_rng_seed(0)
+    result = train(TrainConfig(model="pyro_vae.examples.two_layer:TwoLayerVAE", epochs=1, patience=0,
+                               out=str(tmp_path / "a")), progress=False, figures=False)
+    assert result.model.latent_dim == 50 and result.model.latent1_dim == 100     # the paper's, not --latent-dim 8
+    with pytest.warns(UserWarning, match="does not take likelihood"):
+        train(TrainConfig(model="pyro_vae.examples.two_layer:TwoLayerVAE", epochs=1, patience=0, latent_dim=3,
+                          likelihood="continuous-bernoulli", binarize="dynamic", out=str(tmp_path / "b")),
+              progress=False, figures=False)

@@ -8,13 +8,11 @@ then z2 given z1, so every objective of ``pyro_vae.objectives`` (IWAE included) 
 (z1, z2): ``log w = log p(z2) + log p(z1|z2) + log p(x|z1) - log q(z1|x) - log q(z2|z1)``.
 
 Declared only on the contract: ``model(x, num_data)`` / ``guide(x, num_data)`` with both latents and the
-observation inside ``pyro.plate("data", ...)``.  From the command line::
+observation inside ``pyro.plate("data", ...)``.  From the command line (the defaults are the paper's
+architecture; ``--hidden``, ``--latent-dim`` and ``--activation`` change the lower MLPs, the top layer z2
+and the nonlinearity, ``--model-arg latent1_dim=... --model-arg 'hidden2=[...]'`` the middle)::
 
-    pyro-vae train --model pyro_vae.examples.two_layer:TwoLayerVAE --loss iwae --num-particles 5 \\
-        --hidden 200,200 --latent-dim 50 --model-arg latent1_dim=100 --model-arg hidden2=[100,100]
-
-``--hidden`` and ``--latent-dim`` set the lower MLPs and the top layer z2; the middle layer's sizes come
-as ``--model-arg``.
+    pyro-vae train --model pyro_vae.examples.two_layer:TwoLayerVAE --loss iwae --num-particles 5
 """
 from typing import Optional, Sequence
 
