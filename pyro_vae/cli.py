@@ -82,11 +82,12 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--valid-size", type=int, default=d.valid_size,
                    help="training points held out for validation (default: the data set's own)")
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=d.model, metavar="PACKAGE.MODULE:FACTORY",
-                   help="train your own model (docs/declaring_models.md): a class or function returning an nn.Module "
-                        "with model(x, num_data) and guide(x, num_data), called with the settings its signature "
-                        "names (data_dim, latent_dim, hidden, num_classes, image_shape); the current folder is "
-                        "importable, e.g. pyro_vae.examples.two_layer:TwoLayerVAE (default: our VAE)")
+    g.add_argument("--model", default=d.model, metavar="PACKAGE.MODULE:CLASS",
+                   help="train your own model (docs/declaring_models.md): an nn.Module subclass with model(x, "
+                        "num_data) and guide(x, num_data), built with the arguments its signature names among "
+                        "data_dim, image_shape, num_classes and the model flags you change (latent_dim, hidden, "
+                        "activation, ...); the current folder is importable, e.g. "
+                        "pyro_vae.examples.two_layer:TwoLayerVAE (default: our VAE)")
     g.add_argument("--model-arg", "--model-args", dest="model_args", action=_KeyValueAction, default=dict(d.model_args),
                    metavar="KEY=VALUE", help="extra keyword argument for --model's factory, repeatable; VALUE is "
                                              "read as JSON when it parses (3, 0.5, [200,200], true), else as text")

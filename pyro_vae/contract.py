@@ -19,7 +19,7 @@ A model is an ``nn.Module`` (or any object) with two Pyro programs::
   ``reconstruct(x, **data) -> [B, D]``, ``check_input(x)``.
 
 :func:`check_model` enforces the plate part on a small batch and raises :class:`ModelGuideContractError`
-naming the offending site; :func:`build_user_model` turns ``"package.module:Factory"`` into a model.
+naming the offending site; :func:`build_user_model` turns ``"package.module:Class"`` into a model.
 """
 import importlib
 import inspect

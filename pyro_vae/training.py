@@ -73,7 +73,7 @@ class TrainConfig:
                                      # every epoch), none for the others and for already-binary data
     valid_size: Optional[int] = None  # None: the data set's default hold-out size
     # model
-    model: Optional[str] = None      # "package.module:Factory": a user model (pyro_vae.contract); None: our VAE
+    model: Optional[str] = None      # "package.module:Class": a user model (pyro_vae.contract); None: our VAE
     model_args: Dict[str, Any] = dataclasses.field(default_factory=dict)   # extra keyword arguments of the factory
     network: str = "mlp"
     hidden: Tuple[int, ...] = (256, 256)  # digits are 64-dim: two 256-unit layers train in seconds
