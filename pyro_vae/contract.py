@@ -21,11 +21,12 @@ A model is an ``nn.Module`` (or any object) with two Pyro programs::
 :func:`check_model` enforces the plate part on a small batch and raises :class:`ModelGuideContractError`
 naming the offending site; :func:`build_user_model` turns ``"package.module:Class"`` into a model.
 """
+import contextlib
 import importlib
 import inspect
 import os
 import sys
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from pyro import poutine
@@ -59,6 +60,21 @@ def slice_data(kwargs: Dict[str, Any], num_points: int, start: int, stop: int) -
     conditions) are sliced with ``x``; everything else is passed as is."""
     return {k: (v[start:stop] if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == num_points else v)
             for k, v in kwargs.items()}
+
+
+@contextlib.contextmanager
+def state_preserved(module: Any, device: torch.device) -> Iterator[List[Tuple[torch.Tensor, torch.Tensor]]]:
+    """Run trial computations on ``module`` without side effects: random draws come from a forked stream
+    and the module's buffers (batch-norm statistics) are restored on exit.  Yields ``(buffer, saved copy)``
+    pairs, so the caller can see which buffers its computation changed before they are restored."""
+    buffers = [(b, b.detach().clone()) for b in module.buffers()] if isinstance(module, torch.nn.Module) else []
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            yield buffers
+    finally:
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
 
 
 def _site_shapes(module: Any, x: torch.Tensor, num_data: Optional[int], plate: str, **data) -> Dict[tuple, Dict]:
@@ -116,17 +132,9 @@ def check_model(module: Any, x: torch.Tensor, num_data: Optional[int] = None, pl
                 f"{given} failed: {type(e).__name__}: {e} (the data plate must work with num_data=None too: "
                 f"pyro.plate({plate!r}, num_data or len(x), subsample=torch.arange(len(x))))") from e
 
-    # Its draws come from a forked stream and module buffers (batch-norm statistics) are restored, so a
-    # trainer that checks before its first step trains exactly as one that does not.
-    devices = [x.device] if x.device.type == "cuda" else []
-    buffers = [(b, b.detach().clone()) for b in module.buffers()] if isinstance(module, torch.nn.Module) else []
-    try:
-        with torch.random.fork_rng(devices=devices), torch.no_grad(), poutine.block(hide_types=["param"]):
-            small, large, unscaled = shapes(2, full), shapes(3, full), shapes(3, None)
-    finally:
-        with torch.no_grad():
-            for buffer, saved in buffers:
-                buffer.copy_(saved)
+    # without side effects, so a trainer that checks before its first step trains exactly as one that does not
+    with state_preserved(module, x.device), torch.no_grad(), poutine.block(hide_types=["param"]):
+        small, large, unscaled = shapes(2, full), shapes(3, full), shapes(3, None)
     for key, site in large.items():
         program, name = key
         per_datapoint = small.get(key, {}).get("shape") != site["shape"]

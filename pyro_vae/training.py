@@ -44,7 +44,7 @@ from pyro.infer.util import is_validation_enabled
 from tqdm.auto import tqdm
 
 from . import distributed
-from .contract import build_user_model, check_model, slice_data, uses_labels
+from .contract import build_user_model, check_model, slice_data, state_preserved, uses_labels
 from .data import BINARIZE_MODES, Dataset, load_dataset
 from .evaluation import mean_bound
 from .objectives import build_objective
@@ -378,12 +378,11 @@ class Trainer:
         self.valid = data.valid.to(self.device)
         # side inputs the model asks for by name (pyro_vae.contract): class labels ``y``
         self.uses_labels = uses_labels(module)
-        if self.uses_labels and any(data.labels(split) is None for split in ("train", "valid", "test")):
-            missing = [split for split in ("train", "valid", "test") if data.labels(split) is None]
+        missing = [split for split in ("train", "valid", "test") if data.labels(split) is None]
+        if self.uses_labels and missing:
             raise ValueError(f"{type(module).__name__}.model takes labels y, but the data set {data.name!r} has no "
                              f"labels for its {', '.join(missing)} split(s)")
-        self.train_labels = data.train_labels.to(self.device) if self.uses_labels else None
-        self.valid_data = {"y": data.valid_labels.to(self.device)} if self.uses_labels else {}
+        self.train_data, self.valid_data = self.side_inputs("train"), self.side_inputs("valid")
         if self.valid.shape[0] >= 3:
             # the objective's data plate (IWAE_ELBO(plate=...)), else the module's (VAE(data_plate=...))
             plate = getattr(self.objective, "plate", None) or getattr(module, "data_plate", "data")
@@ -401,6 +400,11 @@ class Trainer:
         self.scheduler = self._build_scheduler()
 
     # -- set-up ---------------------------------------------------------------------------------
+
+    def side_inputs(self, split: str) -> Dict[str, torch.Tensor]:
+        """The keyword arguments the programs take besides ``x`` for a whole split, on the model's device:
+        ``{"y": labels [N]}`` for a model that takes labels, else ``{}``."""
+        return {"y": self.data.labels(split).to(self.device)} if self.uses_labels else {}
 
     def _collect_params(self) -> List[torch.Tensor]:
         """All parameters the objective touches: the module's, plus any ``pyro.param`` of a user model."""
@@ -429,15 +433,11 @@ class Trainer:
         # two validation points, leaving the random streams and the buffers as they were.
         x, data = self.valid[:2], {k: v[:2] for k, v in self.valid_data.items()}
         params = [p for p in self.module.parameters() if p.requires_grad]
-        buffers = [(b, b.clone()) for b in self.module.buffers()]
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+        with state_preserved(self.module, self.device) as buffers:
             loss = self.objective.differentiable_loss(self.module.model, self.module.guide, x,
                                                       num_data=self.num_train, **data)
             grads = torch.autograd.grad(loss, params, allow_unused=True)
-        changed = [b for b, before in buffers if not torch.equal(b, before)]
-        with torch.no_grad():
-            for b, before in buffers:
-                b.copy_(before)
+            changed = [b for b, before in buffers if not torch.equal(b, before)]
         self.ddp = torch.nn.parallel.DistributedDataParallel(
             distributed.DistributedLoss(self.module, self.objective, self.num_train),
             device_ids=[self.device.index] if self.device.type == "cuda" else None,
@@ -548,13 +548,18 @@ class Trainer:
                                                     **slice_data(data, x.shape[0], start, stop))
         return distributed.all_reduce_sum([total], self.device)[0] / x.shape[0]
 
-    def train_step(self, x: torch.Tensor, **data) -> float:
-        """One optimiser step on the minibatch ``x: [B, D]`` (``**data``: its side inputs, e.g. labels
-        ``y: [B]``); returns the loss (per full data set)."""
+    def _programs(self) -> Tuple[Callable, Callable]:
+        """The model and guide for the next step: KL warm-up scales their latent sites by beta < 1."""
         beta = self.beta()
         model, guide = self.module.model, self.module.guide
         if beta != 1.0:
             model, guide = LatentScaleMessenger(beta)(model), LatentScaleMessenger(beta)(guide)
+        return model, guide
+
+    def train_step(self, x: torch.Tensor, **data) -> float:
+        """One optimiser step on the minibatch ``x: [B, D]`` (``**data``: its side inputs, e.g. labels
+        ``y: [B]``); returns the loss (per full data set)."""
+        model, guide = self._programs()
         # Pyro's own checks (model/guide site match, shapes) run on the first step of each fit();
         # once they pass, the program's structure is fixed and re-checking costs ~1 ms per step.
         with pyro.validation_enabled(self._check_next_step):
@@ -574,10 +579,7 @@ class Trainer:
     def _distributed_step(self, x: torch.Tensor, global_size: int, **data) -> float:
         """One step of rank ``self.rank`` on its share ``x: [b_r, D]`` of a global batch of ``global_size``
         points; returns the global batch's loss (per full data set), the same number on every rank."""
-        beta = self.beta()
-        model, guide = self.module.model, self.module.guide
-        if beta != 1.0:
-            model, guide = LatentScaleMessenger(beta)(model), LatentScaleMessenger(beta)(guide)
+        model, guide = self._programs()
         with pyro.validation_enabled(self._check_next_step and x.shape[0] > 0):
             loss = self.ddp(x, model, guide, **data)     # N / b_r * sum over the share (0 for an empty share)
         self._check_next_step = False
@@ -656,10 +658,8 @@ class Trainer:
         A fresh trainer refuses to start in a folder that already holds a checkpoint (never overwrite a
         run by accident); load it with :meth:`load_state_dict` to continue it.
         """
-        fresh = self.epoch == 0 and self.step == 0 and not self.history
-        if fresh and (self.out_dir / CHECKPOINT).exists():
-            raise FileExistsError(f"{self.out_dir / CHECKPOINT} already exists: pass --resume to continue that "
-                                  f"run, or choose another --out")
+        if self.epoch == 0 and self.step == 0 and not self.history:   # fresh: never overwrite a run
+            check_start(self.config, resume=False)
         if self.rank == 0:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         total = self.config.epochs * self.steps_per_epoch
@@ -690,10 +690,10 @@ class Trainer:
                     idx = order[self.step * self.config.batch_size:(self.step + 1) * self.config.batch_size]
                     if self.world_size > 1:
                         mine = distributed.shard(idx, self.rank, self.world_size)
-                        data = {"y": self.train_labels[mine]} if self.uses_labels else {}
+                        data = {k: v[mine] for k, v in self.train_data.items()}
                         loss = self._distributed_step(x_epoch[mine].to(self.device), len(idx), **data)
                     else:
-                        data = {"y": self.train_labels[idx]} if self.uses_labels else {}
+                        data = {k: v[idx] for k, v in self.train_data.items()}
                         loss = self.train_step(x_epoch[idx].to(self.device), **data)
                     self.epoch_loss_sum += loss * len(idx) / self.num_train
                     self.step += 1
@@ -867,11 +867,10 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
 
 
 def _test_bound(vae: VAE, trainer: Trainer, data: Dataset) -> float:
+    labels = trainer.side_inputs("test")
     if trainer.world_size > 1:   # each rank its shard of the test set, as for validation
-        labels = {"y": data.test_labels.to(trainer.device)} if trainer.uses_labels else {}
         return trainer.sharded_bound(vae, data.test.to(trainer.device), trainer.config.seed + 104729, **labels)
     with torch.random.fork_rng(devices=[trainer.device] if trainer.device.type == "cuda" else []):
         torch.manual_seed(trainer.config.seed + 104729)
-        labels = {"y": data.test_labels.to(trainer.device)} if trainer.uses_labels else {}
         return mean_bound(trainer.objective, vae.model, vae.guide, data.test.to(trainer.device),
                           trainer.config.eval_batch_size, **labels)
