@@ -5,7 +5,7 @@ from .networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from .priors import Prior, StandardNormalPrior, build_prior
 from .vae import VAE, build_vae
 from .importance import ModelGuideContractError, importance_weights, log_weights
-from .objectives import CIWAE_ELBO, IWAE_ELBO, MIWAE_ELBO, PIWAE_ELBO, build_objective
-from .evaluation import LogLikelihoodSummary, evaluate, log_likelihood
+from .objectives import CIWAE_ELBO, IWAE_ELBO, MIWAE_ELBO, PIWAE_ELBO, bound_name, build_objective
+from .evaluation import JointLogLikelihood, LogLikelihoodSummary, evaluate, joint_log_likelihood, log_likelihood
 
 __version__ = "0.1.0"

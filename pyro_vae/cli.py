@@ -145,7 +145,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="KL warm-up: beta rises linearly from 0 to 1 over this many epochs; 0 disables "
                         "(default: %(default)s)")
     g.add_argument("--patience", type=int, default=d.patience,
-                   help="stop after this many epochs without a better validation ELBO; 0 disables "
+                   help="stop after this many epochs without a better validation bound (the objective's: the "
+                        "ELBO, or IWAE_K with --loss iwae, ...); 0 disables "
                         "(default: %(default)s)")
     g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size,
                    help="batch size for validation and test bounds (default: %(default)s)")
@@ -202,11 +203,21 @@ def _cmd_train(args, argv) -> int:
               f"pyro-vae train --out {result.out_dir} --resume")
         return 130
     summary = json.loads((result.out_dir / SUMMARY).read_text())
-    print(f"best validation ELBO {summary['best_val_elbo']:.3f} nats at epoch {summary['best_epoch']} "
-          f"({summary['stop_reason']}); test ELBO {summary['test_elbo']:.3f} nats")
+    print(train_summary_line(summary))
     written = sorted(p.name for p in result.out_dir.iterdir() if p.suffix in (".pt", ".json", ".jsonl", ".png"))
     print(f"wrote {result.out_dir}/: {', '.join(written)}")
     return 0
+
+
+def train_summary_line(summary: dict) -> str:
+    """The closing line of ``pyro-vae train``: every bound under its own name."""
+    bound = summary["bound"]
+    label = "ELBO" if bound == "ELBO" else f"{bound} bound"
+    line = (f"best validation {label} {summary['best_val_bound']:.3f} nats at epoch {summary['best_epoch']} "
+            f"(early stopping on it; {summary['stop_reason']}); test {label} {summary['test_bound']:.3f} nats")
+    if bound != "ELBO":
+        line += f", test ELBO (k=1) {summary['test_elbo']:.3f} nats"
+    return line
 
 
 def _image_shape(checkpoint) -> Optional[List[int]]:
@@ -274,7 +285,7 @@ def _cmd_reconstruct(args, argv) -> int:
 
 
 def _cmd_evaluate(args, argv) -> int:
-    from .evaluation import evaluate
+    from .evaluation import JointLogLikelihood, evaluate
     device = resolve_device(args.device)
     vae, config = load_vae(args.checkpoint, map_location=str(device))
     vae = vae.to(device)
@@ -289,18 +300,29 @@ def _cmd_evaluate(args, argv) -> int:
     labels = labels.to(device) if labels is not None else None
     torch.manual_seed(args.seed)
     summary = evaluate(vae.model, vae.guide, x, num_samples=args.num_samples, particle_chunk=args.particle_chunk,
-                       batch_size=args.batch_size, progress=not args.no_progress,
-                       **_labels_for(vae, labels))
+                       batch_size=args.batch_size, progress=not args.no_progress, globals=args.globals,
+                       num_global_samples=args.num_global_samples, **_labels_for(vae, labels))
     print(summary.headline())
-    print(f"  split {args.split}: {len(x)} points, S = {args.num_samples} importance samples each "
-          f"(standard error over datapoints; Monte-Carlo error of the mean {summary.stderr_mc:.3f})")
-    print(f"  ELBO = {summary.elbo:.2f}, inference gap log p(x) - ELBO = {summary.inference_gap:.2f} nats")
-    print("  IWAE_k: " + ", ".join(f"k={k}: {v:.2f}" for k, v in summary.iwae_curve.items()))
-    ess = summary.effective_sample_size
-    print(f"  effective sample size per point: median {ess.median():.0f}, min {ess.min():.1f} of {args.num_samples}")
-    if summary.active_units is not None:
-        print(f"  active units: {summary.active_units} of {len(summary.latent_variances)} "
-              f"(Cov_x E_q[z_d] > 0.01)")
+    if isinstance(summary, JointLogLikelihood):
+        print(f"  split {args.split}: {len(x)} points; nested importance sampling: J = {summary.num_global_samples} "
+              f"draws of the global latents {', '.join(summary.global_latents)}, S = {args.num_samples} samples per "
+              f"point and draw; effective sample size of the J draws {summary.effective_sample_size:.1f}")
+        print(f"  ELBO = {summary.elbo:.2f} per point, inference gap log p(X)/N - ELBO = {summary.inference_gap:.2f} "
+              f"nats")
+    else:
+        given = "" if summary.global_values is None else " (global latents at the guide's mean)"
+        elbo = "ELBO" if summary.quantity == "log p(x)" else f"ELBO of {summary.quantity}"
+        print(f"  split {args.split}: {len(x)} points, S = {args.num_samples} importance samples each{given} "
+              f"(standard error over datapoints; Monte-Carlo error of the mean {summary.stderr_mc:.3f})")
+        print(f"  {elbo} = {summary.elbo:.2f}, inference gap {summary.quantity} - ELBO = "
+              f"{summary.inference_gap:.2f} nats")
+        print("  IWAE_k: " + ", ".join(f"k={k}: {v:.2f}" for k, v in summary.iwae_curve.items()))
+        ess = summary.effective_sample_size
+        print(f"  effective sample size per point: median {ess.median():.0f}, min {ess.min():.1f} of "
+              f"{args.num_samples}")
+        if summary.active_units is not None:
+            print(f"  active units: {summary.active_units} of {len(summary.latent_variances)} "
+                  f"(Cov_x E_q[z_d | x] > 0.01)")
     out = Path(args.out) if args.out else Path(args.checkpoint).resolve()
     if out.suffix == ".pt":
         out = out.parent
@@ -355,6 +377,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="samples drawn at once; memory grows with chunk x batch (default: %(default)s)")
     p.add_argument("--batch-size", type=_positive_int, default=100,
                    help="data points at once (default: %(default)s)")
+    p.add_argument("--globals", default=None, choices=("condition", "joint"),
+                   help="for a model with global latents g (sites outside the data plate), which has no per-point "
+                        "log p(x): 'condition' reports log p(x | g) at the guide's mean of g, 'joint' log p(X)/N of "
+                        "the whole split by nested importance sampling (default: refuse such a model)")
+    p.add_argument("--num-global-samples", type=_positive_int, default=100,
+                   help="J, draws of the global latents for --globals joint (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--data-dir", default=None, help="override the data folder stored in the checkpoint's config")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto: where the model and the samples live "

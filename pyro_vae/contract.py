@@ -77,6 +77,31 @@ def state_preserved(module: Any, device: torch.device) -> Iterator[List[Tuple[to
                 buffer.copy_(saved)
 
 
+def modules_of(*programs: Any) -> List[torch.nn.Module]:
+    """The ``nn.Module``s behind programs: a bound method's instance (``vae.model``), or a module itself."""
+    found: Dict[int, torch.nn.Module] = {}
+    for program in programs:
+        for obj in (program, getattr(program, "__self__", None)):
+            if isinstance(obj, torch.nn.Module):
+                found[id(obj)] = obj
+    return list(found.values())
+
+
+@contextlib.contextmanager
+def eval_mode(*programs: Any) -> Iterator[None]:
+    """Run with the programs' modules in eval mode (no dropout, batch norm on its running statistics), and
+    restore every submodule's own mode afterwards: evaluation never changes how a model trains."""
+    modules = modules_of(*programs)
+    saved = [(m, m.training) for module in modules for m in module.modules()]
+    try:
+        for module in modules:
+            module.eval()
+        yield
+    finally:
+        for m, mode in saved:
+            m.training = mode
+
+
 def _site_shapes(module: Any, x: torch.Tensor, num_data: Optional[int], plate: str, **data) -> Dict[tuple, Dict]:
     """For each sample site of guide and model on batch ``x``: value shape and whether it is in the plate."""
     guide_trace = poutine.trace(module.guide).get_trace(x, num_data=num_data, **data)

@@ -266,14 +266,15 @@ def _from_arrays(fields):
 
 
 def _read_result(config, stop_reason: str):
-    from .training import BEST, CHECKPOINT, TrainResult, load_checkpoint, load_vae, resolve_device
+    from .training import (BEST, CHECKPOINT, TrainResult, config_bound_name, load_checkpoint, load_vae,
+                           resolve_device)
     from pathlib import Path
     out = Path(config.out)
     ckpt = load_checkpoint(out / CHECKPOINT)
     device = resolve_device(config.device)
     model, _ = load_vae(out / BEST if (out / BEST).exists() else out / CHECKPOINT, map_location=str(device))
-    return TrainResult(model.to(device), list(ckpt["history"]), ckpt["best_epoch"], ckpt["best_val_elbo"],
-                       stop_reason, out)
+    return TrainResult(model.to(device), list(ckpt["history"]), ckpt["best_epoch"], ckpt["best_val_bound"],
+                       stop_reason, out, config_bound_name(config))
 
 
 def _describe(error: BaseException) -> Tuple[str, str, str]:

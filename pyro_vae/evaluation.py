@@ -13,39 +13,77 @@ as S -> infinity.  The weights come from :func:`pyro_vae.importance.log_weights`
 particle chunks (and the data into batches) so memory stays bounded, and the log-sum-exp is
 accumulated in float64.
 
+Every batch is passed with ``num_data = N``, the size of the evaluated set (where the programs take it, as
+the contract asks), so a global latent's log-density is shared as 1/N per point and every K = 1 figure
+(the ELBO) is exact whatever the batch size.  A model with global latents has no per-point log p(x_n):
+with S > 1 the evaluators refuse it unless ``globals="condition"`` or ``"joint"`` says what to estimate
+(:mod:`pyro_vae.global_latents`).  The programs' modules run in eval mode (no dropout), restored after.
+
 Shape legend: ``N`` data points, ``D`` data dimension, ``S`` importance samples, ``C`` a chunk of
-samples, ``B`` a batch of data points, ``Z`` latent dimension.
+samples, ``B`` a batch of data points, ``Z`` latent dimension, ``J`` outer draws of the global latents.
 """
 import dataclasses
 import math
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from pyro import poutine
 from pyro.infer import ELBO
 from tqdm.auto import tqdm
 
-from .contract import slice_data
-from .importance import guess_max_plate_nesting, log_weights
+from .active_units import active_units, latent_means
+from .contract import accepts, eval_mode, slice_data
+from .global_latents import GLOBALS_OPTIONS, condition_on, draw_globals, guide_means, nested_log_marginal, refusal
+from .importance import log_weights, program_structure
+
+
+def num_data_kwargs(model: Callable, guide: Callable, num_data: int) -> Dict[str, int]:
+    """``{"num_data": N}`` where both programs take it (the contract), else ``{}``."""
+    return {"num_data": num_data} if accepts(model, "num_data") and accepts(guide, "num_data") else {}
+
+
+def _check_x(x) -> None:
+    if not torch.is_tensor(x) or x.dim() < 1 or x.shape[0] == 0:
+        raise ValueError(f"x must be a tensor with at least one data point in dim 0, got "
+                         f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
 
 
 @torch.no_grad()
+def total_bound(objective: ELBO, model: Callable, guide: Callable, x: torch.Tensor, batch_size: int = 1000,
+                num_data: Optional[int] = None, plate: str = "data", **data) -> float:
+    """The objective's per-datapoint bound summed over the points of ``x: [N, D]``.
+
+    Each batch of B points is passed with ``num_data`` (default N; a shard of a larger set passes the set's
+    size), so its loss is ``-(num_data / B) sum_batch bound_n - (global terms)``, and contributes
+    ``-B / num_data`` times that: the global latents are counted once over ``num_data`` points, whatever the
+    batch size.  ``**data`` are side inputs (labels ``y: [N]``), sliced with ``x``.  Modules in eval mode.
+    """
+    _check_x(x)
+    num_data = num_data or x.shape[0]
+    passed = num_data_kwargs(model, guide, num_data)
+    total = 0.0
+    with eval_mode(model, guide):
+        if not passed and x.shape[0] > batch_size:
+            names = program_structure(model, guide, x[:batch_size], plate=plate,
+                                      **slice_data(data, x.shape[0], 0, batch_size))[1]
+            if names:
+                raise ValueError(f"the model has global latent site(s) {list(names)} but its programs take no "
+                                 f"num_data, so a bound over batches would count them once per batch: give model "
+                                 f"and guide a num_data=None parameter (docs/declaring_models.md)")
+        for start in range(0, x.shape[0], batch_size):
+            xb = x[start:start + batch_size]
+            loss = objective.loss(model, guide, xb, **passed, **slice_data(data, x.shape[0], start, start + batch_size))
+            total -= float(loss) * (xb.shape[0] / num_data if passed else 1.0)
+    return total
+
+
 def mean_bound(objective: ELBO, model: Callable, guide: Callable, x: torch.Tensor,
                batch_size: int = 1000, **data) -> float:
-    """Average per-datapoint bound ``-(1/N) sum_batches objective.loss(model, guide, x_batch)``.
-
-    ``x: [N, D]``.  Each batch is passed without ``num_data``, so the data plate applies no scaling
-    and the losses of the batches add up to minus the bound summed over all N points.  With
-    ``Trace_ELBO`` this is the ELBO (higher is better, <= log p(x) in expectation).  ``**data`` are side
-    inputs (e.g. labels ``y: [N]``), sliced with ``x``.
-    """
-    if x.dim() < 1 or x.shape[0] == 0:
-        raise ValueError(f"need at least one data point, got x of shape {tuple(x.shape)}")
-    total = 0.0
-    for start in range(0, x.shape[0], batch_size):
-        stop = start + batch_size
-        total += float(objective.loss(model, guide, x[start:stop], **slice_data(data, x.shape[0], start, stop)))
-    return -total / x.shape[0]
+    """Average per-datapoint bound ``(1/N) sum_n bound(x_n)`` of the objective on ``x: [N, D]`` (see
+    :func:`total_bound`).  With ``Trace_ELBO`` this is the ELBO (higher is better, <= log p(x) in
+    expectation); with ``IWAE_ELBO(K)`` the IWAE_K bound (name it with
+    :func:`pyro_vae.objectives.bound_name`)."""
+    _check_x(x)
+    return total_bound(objective, model, guide, x, batch_size, **data) / x.shape[0]
 
 
 def iwae_ks(num_samples: int) -> List[int]:
@@ -130,6 +168,9 @@ class LogLikelihoodSummary:
         active_units: number of latent dimensions with Cov_x(E_q[z_d | x]) > threshold (Burda et al. 2016);
             ``latent_variances`` holds Cov_x(E_q[z_d | x]) per dimension.
         num_samples: S.
+        quantity: what ``log_likelihood`` estimates: ``"log p(x)"``, or ``"log p(x | g)"`` for a model with
+            global latents g evaluated with ``globals="condition"`` (then ``global_values`` holds g, and the
+            ELBO and IWAE_k curve are conditional on it too).
     """
     log_likelihood: torch.Tensor
     mean: float
@@ -143,9 +184,11 @@ class LogLikelihoodSummary:
     active_units: Optional[int]
     latent_variances: Optional[torch.Tensor]
     num_samples: int
+    quantity: str = "log p(x)"
+    global_values: Optional[Dict[str, list]] = None
 
     def headline(self) -> str:
-        return f"log p(x) = {self.mean:.2f} ± {self.stderr:.2f} nats"
+        return f"{self.quantity} = {self.mean:.2f} ± {self.stderr:.2f} nats"
 
     def to_dict(self) -> Dict:
         out = dataclasses.asdict(self)
@@ -156,16 +199,50 @@ class LogLikelihoodSummary:
         return out
 
 
+@dataclasses.dataclass
+class JointLogLikelihood:
+    """log p(X) of a whole evaluated set X under a model with global latents, by nested importance sampling
+    (:mod:`pyro_vae.global_latents`), per point (nats, higher is better).
+
+    Attributes:
+        mean: log p^(X) / N; ``total`` is log p^(X).  A stochastic lower bound, consistent as S and J grow.
+        stderr_mc: Monte-Carlo standard error of ``mean`` (delta method over the J outer weights).
+        effective_sample_size: of the J outer weights, in [1, J].
+        elbo: the ELBO of the whole set per point (one particle per point and per outer draw, averaged over
+            the J draws); ``inference_gap = mean - elbo``.
+        num_points, num_samples, num_global_samples: N, S (inner, per point and outer draw) and J.
+        global_latents: the global sites' names.
+    """
+    mean: float
+    total: float
+    stderr_mc: float
+    effective_sample_size: float
+    elbo: float
+    inference_gap: float
+    num_points: int
+    num_samples: int
+    num_global_samples: int
+    global_latents: Tuple[str, ...]
+    quantity: str = "log p(X)/N"
+
+    def headline(self) -> str:
+        return (f"{self.quantity} = {self.mean:.2f} ± {self.stderr_mc:.2f} nats per point (joint over "
+                f"{self.num_points} points; Monte-Carlo standard error)")
+
+    def to_dict(self) -> Dict:
+        return dataclasses.asdict(self)
+
+
 @torch.no_grad()
 def _importance_sample(model, guide, x, *args, num_samples, particle_chunk, batch_size, plate, ks,
-                       progress, desc="log p(x)", **kwargs) -> List[_RunningEstimates]:
+                       progress, passed, desc="log p(x)", **kwargs) -> List[_RunningEstimates]:
+    """Running estimates per batch of ``x``; ``passed``: ``{"num_data": N}`` where the programs take it."""
     if num_samples < 1 or particle_chunk < 1 or batch_size < 1:
         raise ValueError(f"num_samples, particle_chunk and batch_size must be >= 1, got "
                          f"{num_samples}, {particle_chunk}, {batch_size}")
-    if not torch.is_tensor(x) or x.dim() < 1 or x.shape[0] == 0:
-        raise ValueError(f"x must be a tensor with at least one data point in dim 0, got "
-                         f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
-    nesting = guess_max_plate_nesting(model, guide, x[:1], *args, **slice_data(kwargs, x.shape[0], 0, 1))
+    _check_x(x)
+    nesting, _ = program_structure(model, guide, x[:1], *args, plate=plate, **passed,
+                                   **slice_data(kwargs, x.shape[0], 0, 1))
     chunks = [min(particle_chunk, num_samples - s) for s in range(0, num_samples, particle_chunk)]
     batches = range(0, x.shape[0], batch_size)
     results = []
@@ -176,16 +253,46 @@ def _importance_sample(model, guide, x, *args, num_samples, particle_chunk, batc
             running = _RunningEstimates(xb.shape[0], ks, xb.device)
             for c in chunks:
                 running.add(log_weights(model, guide, xb, *args, num_particles=c, plate=plate,
-                                        max_plate_nesting=nesting,
+                                        max_plate_nesting=nesting, **passed,
                                         **slice_data(kwargs, x.shape[0], start, start + batch_size)))  # [C, B]
                 bar.update(1)
             results.append(running)
     return results
 
 
+def _with_globals(model, guide, x, args, kwargs, *, plate, num_samples, batch_size, globals, global_values,
+                  passed):
+    """The programs to sample per point and the name of what they estimate: the given ones (no global
+    latents), the ones conditioned on fixed globals (``globals="condition"``), or a clear refusal."""
+    if globals not in (None,) + GLOBALS_OPTIONS:
+        raise ValueError(f"globals must be None, 'condition' or 'joint', got {globals!r}")
+    _check_x(x)
+    first = dict(passed, **slice_data(kwargs, x.shape[0], 0, min(batch_size, x.shape[0])))
+    names = program_structure(model, guide, x[:batch_size], *args, plate=plate, **first)[1]
+    if not names:
+        if global_values:
+            raise ValueError(f"global_values {sorted(global_values)} given, but the model has no global latent sites")
+        return model, guide, "log p(x)", None
+    if globals is None:
+        if num_samples > 1:
+            raise refusal(names, plate, num_samples)
+        return model, guide, f"ELBO per point (S = 1; global latents {', '.join(names)} shared as 1/N)", None
+    if globals == "joint":
+        raise ValueError("globals='joint' estimates log p(X) of the whole set, which has no per-point values: "
+                         "use evaluate(..., globals='joint') or joint_log_likelihood(...)")
+    if global_values is None:
+        global_values = guide_means(guide, names, x[:batch_size], *args, **first)
+    elif set(global_values) != set(names):
+        raise ValueError(f"global_values must give exactly the global sites {sorted(names)}, got {sorted(global_values)}")
+    model, guide = condition_on(model, guide, dict(global_values))
+    return model, guide, f"log p(x | {', '.join(names)})", {k: torch.as_tensor(v).tolist()
+                                                          for k, v in global_values.items()}
+
+
 def log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *args, num_samples: int = 5000,
                    particle_chunk: int = 500, batch_size: int = 100, plate: str = "data",
-                   progress: bool = False, **kwargs) -> torch.Tensor:
+                   progress: bool = False, globals: Optional[str] = None,
+                   global_values: Optional[Dict[str, torch.Tensor]] = None, **kwargs) -> torch.Tensor:
     """Importance-sampled ``log p(x_n)`` for each datapoint, ``x: [N, ...] -> [N]`` float64 (higher is better).
 
     ``log p(x_n) ~= log (1/S) sum_s p(x_n, z_ns) / q(z_ns | x_n)`` with S = ``num_samples`` draws from the
@@ -194,50 +301,91 @@ def log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *args, num
     per-datapoint sites sit in ``pyro.plate(plate, ...)``; ``*args, **kwargs`` are passed to both, and
     tensor keyword arguments with one row per data point (labels ``y: [N]``) are batched with ``x``.
     The estimate is a stochastic lower bound (IWAE_S) that converges to log p(x) as S grows.
+
+    A model with global latents (sites outside the plate) is refused for S > 1 unless ``globals="condition"``:
+    then the result is ``log p(x_n | g)`` at ``global_values`` (default: the guide's mean of g); see
+    :mod:`pyro_vae.global_latents`, and :func:`joint_log_likelihood` for log p(X).
     """
-    runs = _importance_sample(model, guide, x, *args, num_samples=num_samples, particle_chunk=particle_chunk,
-                              batch_size=batch_size, plate=plate, ks=[], progress=progress, **kwargs)
+    _check_x(x)
+    passed = num_data_kwargs(model, guide, x.shape[0])
+    with eval_mode(model, guide):
+        model, guide, _, _ = _with_globals(model, guide, x, args, kwargs, plate=plate, num_samples=num_samples,
+                                           batch_size=batch_size, globals=globals, global_values=global_values,
+                                           passed=passed)
+        runs = _importance_sample(model, guide, x, *args, num_samples=num_samples, particle_chunk=particle_chunk,
+                                  batch_size=batch_size, plate=plate, ks=[], progress=progress, passed=passed,
+                                  **kwargs)
     return torch.cat([r.log_likelihood() for r in runs])
 
 
-@torch.no_grad()
-def latent_means(guide: Callable, x: torch.Tensor, *args, batch_size: int = 1000, plate: str = "data",
-                 **kwargs) -> torch.Tensor:
-    """E_q[z | x_n] of every latent site in the data plate, concatenated: ``[N, sum of site event sizes]``,
-    read from the guide's distributions in a trace (any guide whose sites report a ``mean``)."""
-    parts = []
-    for start in range(0, x.shape[0], batch_size):
-        trace = poutine.trace(guide).get_trace(x[start:start + batch_size], *args,
-                                               **slice_data(kwargs, x.shape[0], start, start + batch_size))
-        means = []
-        for site in trace.nodes.values():
-            if site["type"] == "sample" and not site["is_observed"] and \
-                    any(f.name == plate for f in site["cond_indep_stack"]):
-                mean = site["fn"].mean
-                means.append(mean.reshape(mean.shape[0], -1))                        # [B, event size]
-        if not means:
-            raise ValueError(f"the guide has no latent sample site in plate {plate!r}")
-        parts.append(torch.cat(means, -1))
-    return torch.cat(parts)
-
-
-def active_units(means: torch.Tensor, threshold: float = 0.01):
-    """Burda et al. (2016): unit d is active if Cov_x(E_q[z_d | x]) > threshold.
-    ``means: [N, Z] -> (count, variances [Z])``."""
-    if means.shape[0] < 2:
-        raise ValueError("active units need the encoder means of at least 2 data points")
-    variances = means.double().var(0, unbiased=True)
-    return int((variances > threshold).sum()), variances
+def joint_log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *args, num_samples: int = 1000,
+                         num_global_samples: int = 100, particle_chunk: int = 500, batch_size: int = 100,
+                         plate: str = "data", progress: bool = False, **kwargs) -> JointLogLikelihood:
+    """log p(X) of the whole set ``x: [N, ...]`` under a model with global latents, by nested importance
+    sampling: J = ``num_global_samples`` draws g_j ~ q(g) (the guide run on the first batch), each with S =
+    ``num_samples`` draws per point of the local latents given g_j (:mod:`pyro_vae.global_latents`).  Costs
+    J * S model evaluations per point.  Reported per point, as log p(X)/N with its Monte-Carlo standard error."""
+    if num_global_samples < 1:
+        raise ValueError(f"num_global_samples must be >= 1, got {num_global_samples}")
+    _check_x(x)
+    passed = num_data_kwargs(model, guide, x.shape[0])
+    first = dict(passed, **slice_data(kwargs, x.shape[0], 0, min(batch_size, x.shape[0])))
+    with eval_mode(model, guide):
+        names = program_structure(model, guide, x[:batch_size], *args, plate=plate, **first)[1]
+        if not names:
+            raise ValueError("the model has no global latent sites: log p(x) is per point, use log_likelihood or "
+                             "evaluate")
+        if not passed and x.shape[0] > batch_size:
+            raise ValueError("a joint estimate over batches needs programs that take num_data (the contract)")
+        outer, inner, elbos = [], [], []
+        for _ in tqdm(range(num_global_samples), desc="log p(X)", unit="draw", disable=not progress,
+                      dynamic_ncols=True):
+            values, log_ratio = draw_globals(model, guide, names, x[:batch_size], *args, **first)
+            local_model, local_guide = condition_on(model, guide, values)
+            runs = _importance_sample(local_model, local_guide, x, *args, num_samples=num_samples,
+                                      particle_chunk=particle_chunk, batch_size=batch_size, plate=plate, ks=[1],
+                                      progress=False, passed=passed, **kwargs)
+            outer.append(log_ratio)
+            inner.append(torch.cat([r.log_likelihood() for r in runs]))                     # [N]
+            elbos.append(log_ratio + float(torch.cat([r.iwae_curve()[1] for r in runs]).sum()))
+    total, stderr, ess = nested_log_marginal(torch.tensor(outer, dtype=torch.float64), torch.stack(inner))
+    n = x.shape[0]
+    elbo = sum(elbos) / len(elbos) / n
+    return JointLogLikelihood(mean=total / n, total=total, stderr_mc=stderr / n, effective_sample_size=ess,
+                              elbo=elbo, inference_gap=total / n - elbo, num_points=n, num_samples=num_samples,
+                              num_global_samples=num_global_samples, global_latents=tuple(names))
 
 
 def evaluate(model: Callable, guide: Callable, x: torch.Tensor, *args, num_samples: int = 5000,
              particle_chunk: int = 500, batch_size: int = 100, plate: str = "data", progress: bool = False,
-             au_threshold: float = 0.01, **kwargs) -> LogLikelihoodSummary:
+             au_threshold: float = 0.01, au_samples: int = 500, globals: Optional[str] = None,
+             global_values: Optional[Dict[str, torch.Tensor]] = None, num_global_samples: int = 100, **kwargs):
     """:func:`log_likelihood` plus its standard error, effective sample sizes, the IWAE_k curve
-    (k in {1, 5, 50, ..., S}), the ELBO, the inference gap and active units, all from one set of samples."""
+    (k in {1, 5, 50, ..., S}), the ELBO, the inference gap and active units, all from one set of samples
+    (active units: ``au_samples`` draws of upstream latents for a hierarchical guide).
+
+    Returns a :class:`LogLikelihoodSummary`; with ``globals="joint"`` (a model with global latents) the
+    :class:`JointLogLikelihood` of :func:`joint_log_likelihood` instead.
+    """
+    if globals == "joint":
+        return joint_log_likelihood(model, guide, x, *args, num_samples=num_samples,
+                                    num_global_samples=num_global_samples, particle_chunk=particle_chunk,
+                                    batch_size=batch_size, plate=plate, progress=progress, **kwargs)
     ks = iwae_ks(num_samples)
-    runs = _importance_sample(model, guide, x, *args, num_samples=num_samples, particle_chunk=particle_chunk,
-                              batch_size=batch_size, plate=plate, ks=ks, progress=progress, **kwargs)
+    _check_x(x)
+    passed = num_data_kwargs(model, guide, x.shape[0])
+    with eval_mode(model, guide):
+        model, guide, quantity, used = _with_globals(model, guide, x, args, kwargs, plate=plate,
+                                                     num_samples=num_samples, batch_size=batch_size,
+                                                     globals=globals, global_values=global_values, passed=passed)
+        runs = _importance_sample(model, guide, x, *args, num_samples=num_samples, particle_chunk=particle_chunk,
+                                  batch_size=batch_size, plate=plate, ks=ks, progress=progress, passed=passed,
+                                  **kwargs)
+        try:
+            au, variances = active_units(latent_means(guide, x, *args, num_samples=au_samples, plate=plate,
+                                                      batch_size=batch_size, **passed, **kwargs), au_threshold)
+        except (ValueError, NotImplementedError, AttributeError):   # a guide without reportable means
+            au, variances = None, None
     log_px = torch.cat([r.log_likelihood() for r in runs])                              # [N]
     n = log_px.shape[0]
     curve = {}
@@ -245,10 +393,6 @@ def evaluate(model: Callable, guide: Callable, x: torch.Tensor, *args, num_sampl
         per_point = [r.iwae_curve().get(k) for r in runs]
         if all(p is not None for p in per_point):
             curve[k] = float(torch.cat(per_point).mean())
-    try:
-        au, variances = active_units(latent_means(guide, x, *args, plate=plate, **kwargs), au_threshold)
-    except (ValueError, NotImplementedError, AttributeError):   # a guide without reportable means
-        au, variances = None, None
     mean = float(log_px.mean())
     ess = torch.cat([r.effective_sample_size() for r in runs])
     stderr_mc = (1 / ess - 1 / num_samples).clamp(min=0).sqrt()
@@ -258,4 +402,5 @@ def evaluate(model: Callable, guide: Callable, x: torch.Tensor, *args, num_sampl
         effective_sample_size=ess, stderr_mc_per_point=stderr_mc,
         stderr_mc=float(stderr_mc.pow(2).sum().sqrt() / n),
         iwae_curve=curve, elbo=curve[1], inference_gap=mean - curve[1],
-        active_units=au, latent_variances=variances, num_samples=num_samples)
+        active_units=au, latent_variances=variances, num_samples=num_samples, quantity=quantity,
+        global_values=used)

@@ -22,19 +22,30 @@ Conventions (shape legend: K particles, N data points in the batch, M other plat
   it is applied per site inside the weights (tempered weights ``log p(x|z) + beta (log p(z) - log q)``).
 * Masks (``poutine.mask``, ``.mask()``) are applied inside the weights.
 * Sites outside the data plate (global latents) have no per-datapoint weight: each datapoint's weight
-  carries a 1/N_total share of their log-density ratio.  With K = 1 the sum over the data set is then
-  exactly the ELBO; with K > 1 it is a heuristic, not a bound.  Models without global latents (every VAE
-  here) are unaffected.
+  carries a 1/N_total share of their log-density ratio, where N_total is the data plate's full size (pass
+  ``num_data``).  With K = 1 the sum over the data set is then exactly the ELBO; with K > 1 the per-point
+  log-sum-exp is *not* a bound, so the objectives and evaluators refuse it (:attr:`ImportanceWeights.global_latents`
+  names the sites; :mod:`pyro_vae.global_latents` gives the exact alternatives).  Models without global
+  latents (every VAE here) are unaffected.
+* ``stop_guide_params=True`` (the STL, DReG and PIWAE estimators): log q(z|x) is re-scored by running the
+  guide again on the sampled values with every parameter stopped (:func:`stopped_parameters`), so its
+  gradient reaches the guide only through the sampled z, along the whole sampling path (z2 = f(z1, eps)
+  in a hierarchical guide keeps its dependence on z1; transformed distributions work too).  The model and
+  the re-scored guide read copies of the sampled values (:attr:`ImportanceWeights.values`), on which an
+  estimator may hook the gradient that reaches each use without touching the sampling path.
 """
-import copy
 import dataclasses
 import math
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import pyro
 from pyro import poutine
+from pyro.infer.util import is_validation_enabled
+from pyro.poutine.trace_struct import Trace
 from pyro.poutine.util import prune_subsample_sites
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_map
 
 PARTICLE_PLATE = "_num_particles_vectorized"
 
@@ -53,11 +64,14 @@ class ImportanceWeights:
         scale: the factor to apply after reducing over particles: data-plate subsample scale
             N_total / B times any ``poutine.scale`` common to every site (1.0 for a full batch).
         num_data: N_total, the data plate's full size.
-        guide_trace, model_trace: the vectorized traces (for gradient estimators that need the
-            guide's sample values, e.g. DReG).
+        guide_trace, model_trace: the vectorized traces (``guide_trace`` is the one that drew the samples).
         max_plate_nesting: number of plates to the right of the particle plate.
         guide_factors: per guide site, the factor its log q carries inside the weights (1 unless a
             site-specific scale such as the KL warm-up beta tempers it).
+        values: per latent site, the value tensor the model and log q read (with ``stop_guide_params``:
+            a copy of the sample, so a hook on it sees only the gradient of the weights, not the
+            sampling path; otherwise the sample itself).
+        global_latents: names of the model's latent sites outside the data plate.
     """
     log_w: torch.Tensor
     scale: float
@@ -66,37 +80,88 @@ class ImportanceWeights:
     model_trace: poutine.Trace
     max_plate_nesting: int
     guide_factors: Dict[str, float]
+    values: Dict[str, torch.Tensor]
+    global_latents: Tuple[str, ...]
 
 
-def guess_max_plate_nesting(model: Callable, guide: Callable, *args, **kwargs) -> int:
-    """How many plates the model and guide nest (one run of both, without gradients and without
-    disturbing the random stream, so a seeded computation that follows is unaffected)."""
-    with poutine.block(), torch.no_grad(), torch.random.fork_rng():
-        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-    dims = [frame.dim for trace in (guide_trace, model_trace) for site in trace.nodes.values()
+def _plate_nesting(*traces) -> int:
+    dims = [frame.dim for trace in traces for site in trace.nodes.values()
             if site["type"] == "sample" for frame in site["cond_indep_stack"] if frame.vectorized]
     return -min(dims) if dims else 0
 
 
-def _vectorized(fn: Callable, num_particles: int, max_plate_nesting: int) -> Callable:
+def program_structure(model: Callable, guide: Callable, *args, plate: str = "data",
+                      **kwargs) -> Tuple[int, Tuple[str, ...]]:
+    """``(max plate nesting, global latent site names)`` of a model/guide pair, from one run of both without
+    gradients and without disturbing the random stream (a seeded computation that follows is unaffected)."""
+    with poutine.block(), torch.no_grad(), torch.random.fork_rng():
+        guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+    return _plate_nesting(guide_trace, model_trace), global_latent_sites(prune_subsample_sites(model_trace), plate)
+
+
+def guess_max_plate_nesting(model: Callable, guide: Callable, *args, **kwargs) -> int:
+    """How many plates the model and guide nest (see :func:`program_structure`)."""
+    return program_structure(model, guide, *args, **kwargs)[0]
+
+
+def guide_plate_nesting(guide: Callable, *args, **kwargs) -> int:
+    """How many plates the guide alone nests (as :func:`guess_max_plate_nesting`, for guide-only work)."""
+    with poutine.block(), torch.no_grad(), torch.random.fork_rng():
+        return _plate_nesting(poutine.trace(guide).get_trace(*args, **kwargs))
+
+
+def vectorized(fn: Callable, num_particles: int, max_plate_nesting: int) -> Callable:
+    """``fn`` run inside the particle plate (K draws in one pass, to the left of ``max_plate_nesting``
+    plates)."""
     def wrapped(*args, **kwargs):
         with pyro.plate(PARTICLE_PLATE, num_particles, dim=-max_plate_nesting - 1):
             return fn(*args, **kwargs)
     return wrapped
 
 
-def detach_distribution(fn):
-    """A shallow copy of a distribution whose parameter tensors are detached (recursively through
-    wrappers such as ``Independent``, expanded and masked distributions): its ``log_prob`` then depends
-    on the guide's parameters only through the value (the "sticking the landing" / DReG device)."""
-    new = copy.copy(fn)
-    for name, value in vars(fn).items():
-        if torch.is_tensor(value) and value.requires_grad:
-            setattr(new, name, value.detach())
-        elif isinstance(value, torch.distributions.Distribution):
-            setattr(new, name, detach_distribution(value))
+class stopped_parameters(TorchFunctionMode):
+    """Inside this context every parameter (a leaf tensor that requires grad: ``nn.Parameter``, a
+    ``pyro.param``'s unconstrained value) enters torch operations detached, while every other tensor keeps
+    its gradient path.  Running a guide under it on given values gives log q(z | x) with the guide's
+    parameters stopped but its inputs live, whatever the guide is (several latent sites, transforms, an
+    ``nn.Module`` or ``pyro.param``s)."""
+
+    @staticmethod
+    def _stop(value):
+        return value.detach() if isinstance(value, torch.Tensor) and value.is_leaf and value.requires_grad \
+            else value
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", None) == "__get__":       # reading an attribute (p.requires_grad, p.shape)
+            return func(*args, **(kwargs or {}))
+        return func(*tree_map(self._stop, args), **tree_map(self._stop, kwargs or {}))
+
+
+def latent_sites(trace: Trace):
+    """``(name, site)`` of every unobserved sample site of ``trace``, in execution order."""
+    return [(name, site) for name, site in trace.nodes.items()
+            if site["type"] == "sample" and not site["is_observed"]]
+
+
+def with_values(trace: Trace, values: Dict[str, torch.Tensor]) -> Trace:
+    """A copy of ``trace`` whose sample sites named in ``values`` hold those values (for ``poutine.replay``)."""
+    new = trace.copy()
+    for name, value in values.items():
+        new.nodes[name] = dict(trace.nodes[name], value=value)
     return new
+
+
+def rescore_guide(guide: Callable, values: Dict[str, torch.Tensor], trace: Trace, *args, num_particles: int,
+                  max_plate_nesting: int, stop_params: bool, **kwargs) -> Trace:
+    """The guide run again, vectorized as ``trace`` was, with its latent sites set to ``values``: each
+    site's distribution is recomputed from these values (a hierarchical guide's q(z2 | z1) from the given
+    z1), with every parameter stopped when ``stop_params`` (:class:`stopped_parameters`)."""
+    program = poutine.replay(vectorized(guide, num_particles, max_plate_nesting), trace=with_values(trace, values))
+    if stop_params:
+        with stopped_parameters():
+            return prune_subsample_sites(poutine.trace(program).get_trace(*args, **kwargs))
+    return prune_subsample_sites(poutine.trace(program).get_trace(*args, **kwargs))
 
 
 def _data_frame(site, plate: str):
@@ -104,6 +169,11 @@ def _data_frame(site, plate: str):
         if frame.name == plate:
             return frame
     return None
+
+
+def global_latent_sites(model_trace: Trace, plate: str = "data") -> Tuple[str, ...]:
+    """Names of the model's latent sample sites outside the data plate ``plate`` (shared by all points)."""
+    return tuple(name for name, site in latent_sites(model_trace) if _data_frame(site, plate) is None)
 
 
 def per_datapoint_sum(log_p: torch.Tensor, frame, max_plate_nesting: int, num_particles: int, batch: int,
@@ -124,44 +194,56 @@ def per_datapoint_sum(log_p: torch.Tensor, frame, max_plate_nesting: int, num_pa
     return log_p.reshape(log_p.shape[0], -1).expand(num_particles, batch)
 
 
+def masked_log_prob(site, value=None) -> torch.Tensor:
+    log_p = site["fn"].log_prob(site["value"] if value is None else value)
+    mask = site["mask"]
+    if mask is not None:
+        mask = mask.bool() if torch.is_tensor(mask) else torch.tensor(bool(mask), device=log_p.device)
+        log_p = torch.where(mask, log_p, torch.zeros_like(log_p))     # masked out, even a -inf
+    return log_p
+
+
 def importance_weights(model: Callable, guide: Callable, *args, num_particles: int = 1, plate: str = "data",
-                       max_plate_nesting: Optional[int] = None, detach_guide_params: bool = False,
+                       max_plate_nesting: Optional[int] = None, stop_guide_params: bool = False,
                        **kwargs) -> ImportanceWeights:
     """Vectorized importance weights with their scale and traces; see :func:`log_weights`.
 
     Args:
-        detach_guide_params: evaluate log q(z|x) with the guide distributions' parameters detached
-            (gradients reach the guide only through the reparameterized z): the STL and DReG estimators.
+        stop_guide_params: re-score log q(z|x) with the guide's parameters stopped and its sampled values
+            live (gradients reach the guide only through the reparameterized z): the STL, DReG and PIWAE
+            estimators.  Costs one more run of the guide.
     """
     if num_particles < 1:
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
     if max_plate_nesting is None:
         max_plate_nesting = guess_max_plate_nesting(model, guide, *args, **kwargs)
-    guide_trace = poutine.trace(_vectorized(guide, num_particles, max_plate_nesting)).get_trace(*args, **kwargs)
-    model_trace = poutine.trace(poutine.replay(_vectorized(model, num_particles, max_plate_nesting),
-                                               trace=guide_trace)).get_trace(*args, **kwargs)
-    guide_trace, model_trace = prune_subsample_sites(guide_trace), prune_subsample_sites(model_trace)
+    # the unpruned trace is replayed (its subsample sites give the model the guide's subsample)
+    drawn = poutine.trace(vectorized(guide, num_particles, max_plate_nesting)).get_trace(*args, **kwargs)
+    guide_trace = prune_subsample_sites(drawn)
+    values = {name: site["value"] for name, site in latent_sites(guide_trace)}
+    score_trace = guide_trace
+    if stop_guide_params:
+        values = {name: value.clone() for name, value in values.items()}    # the uses: z, not its sampling path
+        score_trace = rescore_guide(guide, values, drawn, *args, num_particles=num_particles,
+                                    max_plate_nesting=max_plate_nesting, stop_params=True, **kwargs)
+        if is_validation_enabled():
+            _check_rescore(guide_trace, score_trace)
+    model_trace = prune_subsample_sites(poutine.trace(poutine.replay(
+        vectorized(model, num_particles, max_plate_nesting), trace=with_values(drawn, values))).get_trace(
+            *args, **kwargs))
 
-    guide_latents = {name for name, site in guide_trace.nodes.items()
-                     if site["type"] == "sample" and not site["is_observed"]}
     terms = []      # (site name, sign, unscaled log-density, site scale, data-plate frame or None)
-    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+    for trace, sign in ((model_trace, 1.0), (score_trace, -1.0)):
         for name, site in trace.nodes.items():
             if site["type"] != "sample" or (sign < 0 and site["is_observed"]):
                 continue
             if sign < 0 and name in model_trace.nodes and model_trace.nodes[name]["is_observed"]:
                 raise ModelGuideContractError(f"site {name!r} is sampled in the guide but observed in the model")
-            if sign > 0 and not site["is_observed"] and name not in guide_latents:
+            if sign > 0 and not site["is_observed"] and name not in values:
                 raise ModelGuideContractError(
                     f"latent site {name!r} of the model is not sampled by the guide: importance weights need "
                     f"q for every latent (add it to the guide)")
-            fn = detach_distribution(site["fn"]) if sign < 0 and detach_guide_params else site["fn"]
-            log_p = fn.log_prob(site["value"])
-            mask = site["mask"]
-            if mask is not None:
-                mask = mask.bool() if torch.is_tensor(mask) else torch.tensor(bool(mask), device=log_p.device)
-                log_p = torch.where(mask, log_p, torch.zeros_like(log_p))     # masked out, even a -inf
-            terms.append((name, sign, log_p, site["scale"], _data_frame(site, plate)))
+            terms.append((name, sign, masked_log_prob(site), site["scale"], _data_frame(site, plate)))
     frames = [frame for *_, frame in terms if frame is not None]
     if not frames:
         raise ModelGuideContractError(
@@ -183,7 +265,21 @@ def importance_weights(model: Callable, guide: Callable, *args, num_particles: i
         if sign < 0:
             guide_factors[name] = factor / common
     return ImportanceWeights(log_w, plate_scale * common, num_data, guide_trace, model_trace, max_plate_nesting,
-                             guide_factors)
+                             guide_factors, values, global_latent_sites(model_trace, plate))
+
+
+def _check_rescore(guide_trace: Trace, score_trace: Trace) -> None:
+    """The re-scored guide must give the densities the sampling run gave (checked while Pyro's validation
+    is on, e.g. on a trainer's first step): a guide that draws randomness outside its sample sites
+    (dropout in training mode) would be scored under another q than the one that drew z."""
+    with torch.no_grad():
+        for name, site in latent_sites(guide_trace):
+            drawn, again = masked_log_prob(site), masked_log_prob(score_trace.nodes[name])
+            if not torch.allclose(drawn, again, rtol=1e-5, atol=1e-5 * (1 + drawn.abs().max().item())):
+                raise ModelGuideContractError(
+                    f"re-running the guide on its own samples changed log q of site {name!r}: path-gradient "
+                    f"estimators (stl, dreg, piwae) need a guide that is a deterministic function of x and of "
+                    f"its sampled values (no dropout or other randomness outside sample sites in training mode)")
 
 
 def log_weights(model: Callable, guide: Callable, *args, num_particles: int = 1, plate: str = "data",

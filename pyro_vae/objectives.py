@@ -17,13 +17,15 @@ K (``num_particles``) particles are vectorized in an outer plate (no Python loop
 Reference: Kingma & Welling, "Auto-Encoding Variational Bayes", ICLR 2014.
 """
 import math
-from typing import Optional
+from collections import OrderedDict
+from typing import Callable, Optional, Tuple
 
 import torch
-from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 
 from .importance import (ImportanceWeights, ModelGuideContractError, guess_max_plate_nesting,
-                         importance_weights, per_datapoint_sum)
+                         importance_weights, latent_sites, masked_log_prob, per_datapoint_sum,
+                         rescore_guide)
 
 OBJECTIVES = ("elbo", "meanfield", "iwae", "miwae", "ciwae", "piwae")
 
@@ -65,14 +67,37 @@ def build_objective(name: str, num_particles: int = 1, gradient: str = "standard
 # (N_total / B) times minus the sum of per-datapoint bounds.
 
 GRADIENTS = ("standard", "stl", "dreg")
+_ELBO_ESTIMATORS = (Trace_ELBO, TraceGraph_ELBO, TraceEnum_ELBO)   # TraceMeanField_ELBO is a Trace_ELBO
+
+
+def bound_name(objective: ELBO) -> str:
+    """The name of the bound an objective's loss is minus of, for reports: ``"ELBO"`` for Pyro's ELBO
+    estimators (any number of particles: they estimate the same bound), ``"IWAE_5"``, ``"MIWAE_3,5"``, ...;
+    another ``pyro.infer.ELBO`` is named by its class."""
+    name = getattr(objective, "bound_name", None)
+    if isinstance(name, str):
+        return name
+    if isinstance(objective, _ELBO_ESTIMATORS):
+        return "ELBO"
+    return f"{type(objective).__name__} bound"
+
+
+def _program_key(fn: Callable) -> tuple:
+    """The objects that identify a program: a bound method by its instance and function (attribute access
+    makes a new bound-method object every time), anything else by itself."""
+    owner = getattr(fn, "__self__", None)
+    return (owner, fn.__func__) if owner is not None and hasattr(fn, "__func__") else (fn,)
 
 
 class _ImportanceWeightedELBO(ELBO):
     """Shared machinery: weights, scaling, ``loss`` (no grad), ``differentiable_loss``, ``loss_and_grads``.
 
-    Subclasses define :meth:`per_datapoint_bound` (``log_w [P, N] -> [N]``, higher is better) and may
-    override :meth:`_surrogate` for gradient estimators other than differentiating the bound itself.
+    Subclasses define :meth:`per_datapoint_bound` (``log_w [P, N] -> [N]``, higher is better),
+    :attr:`bound_name` and :attr:`pools_particles`, and may override :meth:`_surrogate` for gradient
+    estimators other than differentiating the bound itself.
     """
+
+    _CACHE_SIZE = 8
 
     def __init__(self, num_particles: int, gradient: str = "standard", plate: str = "data",
                  max_plate_nesting: Optional[int] = None):
@@ -82,33 +107,62 @@ class _ImportanceWeightedELBO(ELBO):
             raise ValueError(f"unknown gradient estimator {gradient!r}; choose one of {GRADIENTS}")
         super().__init__(num_particles=num_particles, vectorize_particles=True)
         self.gradient, self.plate = gradient, plate
-        self._plate_nesting = max_plate_nesting
+        self._fixed_nesting = max_plate_nesting
+        # plate nesting per (model, guide): found by one extra run the first time a pair is seen, then reused
+        # (holding the programs, so an id is never reused by another program while its entry lives)
+        self._nesting_cache: "OrderedDict[tuple, Tuple[tuple, int]]" = OrderedDict()
 
     def per_datapoint_bound(self, log_w: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    bound_name = "importance-weighted bound"
+
+    @property
+    def pools_particles(self) -> bool:
+        """Whether the bound averages the weights of several particles inside a log (then a latent shared by
+        all data points has no per-point weight, and the bound of a batch is not a bound on log p(x))."""
+        return self.num_particles > 1
+
     def _get_trace(self, model, guide, args, kwargs):
         raise NotImplementedError("importance-weighted objectives draw all particles at once; see _weights")
 
-    def _weights(self, model, guide, args, kwargs, detach_guide_params: bool) -> ImportanceWeights:
-        if self._plate_nesting is None:   # static model structure assumed, as in Pyro's own ELBOs
-            self._plate_nesting = guess_max_plate_nesting(model, guide, *args, **kwargs)
-        return importance_weights(model, guide, *args, num_particles=self.num_particles, plate=self.plate,
-                                  max_plate_nesting=self._plate_nesting,
-                                  detach_guide_params=detach_guide_params, **kwargs)
+    def _max_plate_nesting(self, model, guide, args, kwargs) -> int:
+        if self._fixed_nesting is not None:
+            return self._fixed_nesting
+        programs = _program_key(model) + _program_key(guide)
+        key = tuple(id(p) for p in programs)
+        cached = self._nesting_cache.get(key)
+        if cached is not None and all(a is b for a, b in zip(cached[0], programs)):
+            return cached[1]
+        nesting = guess_max_plate_nesting(model, guide, *args, **kwargs)
+        self._nesting_cache[key] = (programs, nesting)
+        while len(self._nesting_cache) > self._CACHE_SIZE:
+            self._nesting_cache.popitem(last=False)
+        return nesting
+
+    def _weights(self, model, guide, args, kwargs, stop_guide_params: bool) -> ImportanceWeights:
+        iw = importance_weights(model, guide, *args, num_particles=self.num_particles, plate=self.plate,
+                                max_plate_nesting=self._max_plate_nesting(model, guide, args, kwargs),
+                                stop_guide_params=stop_guide_params, **kwargs)
+        if iw.global_latents and self.pools_particles:
+            raise ModelGuideContractError(
+                f"{self.bound_name} averages the weights of several particles per data point inside a log, but "
+                f"the model's latent site(s) {list(iw.global_latents)} sit outside the data plate {self.plate!r} "
+                f"(shared by all points): per-point importance-weighted bounds of a batch are then not a bound "
+                f"on log p(x). Train with loss='elbo' or 'meanfield' (exact for global latents), or with one "
+                f"particle per group")
+        return iw
 
     def loss(self, model, guide, *args, **kwargs) -> float:
         """Minus the bound summed over the batch and scaled to the full data set (lower is better)."""
         with torch.no_grad():
-            iw = self._weights(model, guide, args, kwargs, detach_guide_params=False)
+            iw = self._weights(model, guide, args, kwargs, stop_guide_params=False)
             return -iw.scale * self.per_datapoint_bound(iw.log_w).sum().item()
 
     def differentiable_loss(self, model, guide, *args, **kwargs) -> torch.Tensor:
         """The loss as a tensor whose gradient is the chosen estimator (value: minus the scaled bound)."""
-        iw = self._weights(model, guide, args, kwargs, detach_guide_params=self.gradient in ("stl", "dreg"))
+        iw = self._weights(model, guide, args, kwargs, stop_guide_params=self.gradient in ("stl", "dreg"))
         _check_reparameterized(iw.guide_trace, type(self).__name__)
-        if self.gradient != "standard":
-            _check_path_gradient_guide(iw.guide_trace, f"gradient={self.gradient!r}")
         bound = self.per_datapoint_bound(iw.log_w).sum()
         surrogate = self._surrogate(iw)
         loss = -iw.scale * bound
@@ -128,8 +182,8 @@ class _ImportanceWeightedELBO(ELBO):
 
 
 def _check_reparameterized(guide_trace, name: str) -> None:
-    for site_name, site in guide_trace.nodes.items():
-        if site["type"] == "sample" and not site["is_observed"] and not site["fn"].has_rsample:
+    for site_name, site in latent_sites(guide_trace):
+        if not site["fn"].has_rsample:
             raise ModelGuideContractError(
                 f"{name} needs reparameterized guide sites, but {site_name!r} ({type(site['fn']).__name__}) "
                 f"has no rsample; use Trace_ELBO (score-function gradients) for discrete latents")
@@ -141,7 +195,7 @@ def _reshape_for_site(weights: torch.Tensor, site, plate: str, max_plate_nesting
     frame = next((f for f in site["cond_indep_stack"] if f.name == plate), None)
     if frame is None:
         raise ModelGuideContractError(
-            f"DReG weights each datapoint's particles; latent site {site['name']!r} is outside the "
+            f"DReG and PIWAE weight each datapoint's particles; latent site {site['name']!r} is outside the "
             f"{plate!r} plate (a global latent): use gradient='standard' or 'stl'")
     shape = [1] * (max_plate_nesting + 1)
     shape[0] = weights.shape[0]
@@ -149,39 +203,16 @@ def _reshape_for_site(weights: torch.Tensor, site, plate: str, max_plate_nesting
     return weights.reshape(shape + [1] * event_dim)
 
 
-def _rescale_guide_gradients(iw: ImportanceWeights, w: torch.Tensor, plate: str) -> None:
-    """DReG: multiply the gradient flowing back into each reparameterized guide sample by
-    ``(1 - c) + c w~ [P, N]``, where c is the factor the site's log q carries inside the weights: w~ (so
-    w~^2 overall) for c = 1; with KL warm-up's tempered weights (c = beta) the doubly reparameterized
-    identity gives ((1 - beta) w~ + beta w~^2) d log w / dz."""
-    for name, site in iw.guide_trace.nodes.items():
-        if site["type"] != "sample" or site["is_observed"] or not site["value"].requires_grad:
+def _scale_use_gradients(iw: ImportanceWeights, factor: Callable[[str], torch.Tensor], plate: str) -> None:
+    """Multiply the gradient that reaches each use of a latent site's value (``iw.values``: what the model
+    and the re-scored log q read, not the sampling path) by ``factor(site name): [P, N]``.  A hierarchical
+    guide's z1 then gets the factor once on its own uses and, unscaled, what z2's sampling path passes on."""
+    for name, value in iw.values.items():
+        if not value.requires_grad:
             continue
-        c = iw.guide_factors[name]
-        event_dim = len(site["fn"].event_shape)
-        f = _reshape_for_site((1 - c) + c * w, site, plate, iw.max_plate_nesting, event_dim)
-        site["value"].register_hook(lambda grad, f=f: grad * f)
-
-
-def _check_path_gradient_guide(guide_trace, name: str) -> None:
-    """STL, DReG and PIWAE's guide gradient detach the guide distributions' parameters and act on the
-    sampled z.  That is exact for one reparameterized latent site whose distribution's parameters are its
-    own tensors; with a hierarchical guide (q(z2 | z1): its parameters depend on another sample, whose
-    gradient path detaching would cut, and the per-site gradient hooks would compound) or a transformed
-    distribution (parameters inside transforms that cannot be detached) it is not, so refuse clearly."""
-    latent = [(n, s) for n, s in guide_trace.nodes.items() if s["type"] == "sample" and not s["is_observed"]]
-    if len(latent) > 1:
-        raise ModelGuideContractError(
-            f"{name} supports guides with one latent site; this guide samples {[n for n, _ in latent]}: "
-            f"use gradient='standard' (hierarchical guides lose gradient paths under detached parameters)")
-    for site_name, site in latent:
-        fn = site["fn"]
-        while fn is not None:
-            if isinstance(fn, torch.distributions.TransformedDistribution):
-                raise ModelGuideContractError(
-                    f"{name} cannot detach the parameters of {site_name!r}, a transformed distribution; "
-                    f"use gradient='standard'")
-            fn = getattr(fn, "base_dist", None)
+        site = iw.guide_trace.nodes[name]
+        f = _reshape_for_site(factor(name), site, plate, iw.max_plate_nesting, len(site["fn"].event_shape))
+        value.register_hook(lambda grad, f=f: grad * f)
 
 
 class MIWAE_ELBO(_ImportanceWeightedELBO):
@@ -201,11 +232,16 @@ class MIWAE_ELBO(_ImportanceWeightedELBO):
     * ``"standard"``: differentiate the bound (reparameterized).  Its signal-to-noise ratio for the guide
       decays as K grows (Rainforth et al. 2018).
     * ``"stl"``: "sticking the landing" (Roeder et al. 2017): log q evaluated with the guide's
-      parameters detached, dropping the score term.  Unbiased for K = 1 only.
-    * ``"dreg"``: doubly reparameterized (Tucker et al. 2019): guide gradient
+      parameters stopped, dropping the score term.  Unbiased for K = 1 only.
+    * ``"dreg"``: doubly reparameterized (Tucker et al. 2019, eq. 8): guide gradient
       ``sum_k w~_k^2 d log w_k / dz_k dz_k/dphi`` with w~ the normalized weights; unbiased for any K,
-      with lower variance.  Needs every latent site inside the data plate.
+      with lower variance.  With several latent sites z = (z1, z2, ...) the same formula holds with
+      d/dz over every site and dz/dphi the whole sampling path (z2 = f(z1, eps2; phi)).  Needs every latent
+      site inside the data plate.
 
+    STL and DReG stop the guide's *parameters* in log q, not its inputs (the sampled upstream latents):
+    the guide is run again on its samples under :class:`~pyro_vae.importance.stopped_parameters`, so
+    any reparameterized guide works (several latent sites, transformed distributions, a user's module).
     All estimators need reparameterized guide sites; particles are vectorized in an outer plate.
 
     References: [1] Burda, Grosse, Salakhutdinov, "Importance Weighted Autoencoders", ICLR 2016.
@@ -221,6 +257,16 @@ class MIWAE_ELBO(_ImportanceWeightedELBO):
         super().__init__(num_inner * num_outer, gradient, plate, max_plate_nesting)
         self.num_inner, self.num_outer = num_inner, num_outer
 
+    @property
+    def bound_name(self) -> str:
+        if self.num_inner == 1:
+            return "ELBO"
+        return f"IWAE_{self.num_inner}" if self.num_outer == 1 else f"MIWAE_{self.num_outer},{self.num_inner}"
+
+    @property
+    def pools_particles(self) -> bool:
+        return self.num_inner > 1
+
     def _groups(self, log_w: torch.Tensor) -> torch.Tensor:
         return log_w.reshape(self.num_outer, self.num_inner, log_w.shape[-1])        # [M, K, N]
 
@@ -232,7 +278,10 @@ class MIWAE_ELBO(_ImportanceWeightedELBO):
             return None
         with torch.no_grad():
             w = torch.softmax(self._groups(iw.log_w), 1).reshape(iw.log_w.shape)      # [M*K, N], per group
-        _rescale_guide_gradients(iw, w, self.plate)        # guide: w~^2 d log w / dz (path through z)
+        # guide: w~ on the loss below times ((1 - c) + c w~) at the uses of z, with c the factor a site's log q
+        # carries in the weights: w~^2 d log w / dz for c = 1; under KL warm-up's tempered weights (c = beta)
+        # the doubly reparameterized identity gives ((1 - beta) w~ + beta w~^2) d log w / dz
+        _scale_use_gradients(iw, lambda name: (1 - iw.guide_factors[name]) + iw.guide_factors[name] * w, self.plate)
         return (w * iw.log_w).sum() / self.num_outer       # model: w~ d log w / d theta
 
 
@@ -275,6 +324,14 @@ class CIWAE_ELBO(_ImportanceWeightedELBO):
         super().__init__(num_particles, "standard", plate, max_plate_nesting)
         self.beta = beta
 
+    @property
+    def bound_name(self) -> str:
+        return "ELBO" if not self.pools_particles else f"CIWAE_{self.num_particles}(beta={self.beta:g})"
+
+    @property
+    def pools_particles(self) -> bool:
+        return self.num_particles > 1 and self.beta < 1
+
     def per_datapoint_bound(self, log_w):
         iwae = torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])
         return self.beta * log_w.mean(0) + (1 - self.beta) * iwae
@@ -286,51 +343,63 @@ class PIWAE_ELBO(MIWAE_ELBO):
 
     ``loss`` reports minus IWAE_{M K} (the model's objective; ``log_w: [M*K, N] -> [N]``).  With a
     VampPrior the encoder is part of the model too (it defines p(z)): it then receives the IWAE_{M K}
-    gradient through the prior and the MIWAE gradient through the guide.  Needs a guide with one latent site.  The guide's
-    gradient is the standard reparameterized MIWAE gradient, obtained by replacing the gradient that
-    reaches each reparameterized sample z with dMIWAE/dz (one extra backward pass through the model)
-    and adding the MIWAE score term for the guide's parameters.
+    gradient through the prior and the MIWAE gradient through the guide.
+
+    The guide's gradient is the standard reparameterized MIWAE gradient, split as the derivation does:
+
+    * path term ``sum_mk (w~_mk / M) d log w_mk / dz dz/dphi`` (w~ normalized within group m), with log q's
+      parameters stopped: the IWAE loss's gradient at each use of z, ``w^_mk d log w_mk / dz`` (w^
+      normalized over all M K), is multiplied by ``(w~_mk / M) / w^_mk = exp(lse_all - lse_m) / M``;
+    * score term ``-sum_mk (w~_mk / M) d log q(z_mk) / dphi`` at fixed z (the guide run again on the
+      detached samples, so a hierarchical guide's q(z2 | z1) is scored at the fixed z1).
+
+    Any reparameterized guide works (several latent sites, transformed distributions); global latents do not
+    (the weights are per data point).
     """
 
     def __init__(self, num_inner: int = 1, num_outer: int = 1, plate: str = "data",
                  max_plate_nesting: Optional[int] = None):
         super().__init__(num_inner, num_outer, "standard", plate, max_plate_nesting)
 
+    @property
+    def bound_name(self) -> str:
+        return "ELBO" if self.num_particles == 1 else f"IWAE_{self.num_particles}"
+
+    @property
+    def pools_particles(self) -> bool:
+        return self.num_particles > 1
+
     def per_datapoint_bound(self, log_w):
         return torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])               # IWAE_{MK}
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
-        iw = self._weights(model, guide, args, kwargs, detach_guide_params=True)  # guide enters via z only
+        iw = self._weights(model, guide, args, kwargs, stop_guide_params=True)    # guide enters via z only
         _check_reparameterized(iw.guide_trace, type(self).__name__)
-        _check_path_gradient_guide(iw.guide_trace, type(self).__name__)
+        if not any(value.requires_grad for value in iw.values.values()):
+            raise ModelGuideContractError("PIWAE_ELBO needs a guide whose samples depend on trainable parameters")
         log_w = iw.log_w                                                            # [M*K, N]
         model_loss = -iw.scale * self.per_datapoint_bound(log_w).sum()
-        miwae_loss = -iw.scale * super().per_datapoint_bound(log_w).sum()
-        latent = [site for site in iw.guide_trace.nodes.values()
-                  if site["type"] == "sample" and not site["is_observed"] and site["value"].requires_grad]
-        if not latent:
-            raise ModelGuideContractError("PIWAE_ELBO needs a guide whose samples depend on trainable parameters")
-        grads = torch.autograd.grad(miwae_loss, [site["value"] for site in latent], retain_graph=True)
-        for site, grad in zip(latent, grads):
-            site["value"].register_hook(lambda _, grad=grad: grad)          # guide path: dMIWAE/dz
-        # the MIWAE score term for the guide's parameters: -(1/M) sum w~_mk d log q(z_mk)/dphi at fixed z
         with torch.no_grad():
-            w = torch.softmax(self._groups(log_w), 1).reshape(log_w.shape) / self.num_outer
-        log_q = _guide_log_density(iw, self.plate)                                 # [M*K, N], z detached
+            groups = self._groups(log_w)                                            # [M, K, N]
+            w = (torch.softmax(groups, 1) / self.num_outer).reshape(log_w.shape)     # w~ / M, [M*K, N]
+            ratio = (torch.logsumexp(log_w, 0) - torch.logsumexp(groups, 1)).exp() / self.num_outer   # [M, N]
+            ratio = ratio.unsqueeze(1).expand(groups.shape).reshape(log_w.shape)                     # [M*K, N]
+        _scale_use_gradients(iw, lambda name: ratio, self.plate)                    # path: IWAE -> MIWAE
+        log_q = _guide_log_density(guide, iw, args, kwargs, self.plate)             # [M*K, N], z fixed
         score_loss = iw.scale * (w * log_q).sum()
         return model_loss + (score_loss - score_loss.detach())
 
 
-def _guide_log_density(iw: ImportanceWeights, plate: str) -> torch.Tensor:
-    """sum over guide sites of c log q(z | x) per particle and datapoint ``[P, N]``, with z detached
-    (gradient reaches the guide's parameters only) and c the factor each site carries inside the weights
-    (the KL warm-up beta, else 1)."""
+def _guide_log_density(guide: Callable, iw: ImportanceWeights, args, kwargs, plate: str) -> torch.Tensor:
+    """sum over guide sites of c log q(z | x) per particle and datapoint ``[P, N]`` at the drawn z held
+    fixed (the guide run again on the detached samples: gradient reaches its parameters only), with c the
+    factor each site carries inside the weights (the KL warm-up beta, else 1)."""
+    fixed = {name: value.detach() for name, value in iw.values.items()}
+    trace = rescore_guide(guide, fixed, iw.guide_trace, *args, num_particles=iw.log_w.shape[0],
+                          max_plate_nesting=iw.max_plate_nesting, stop_params=False, **kwargs)
     total = 0.0
-    for name, site in iw.guide_trace.nodes.items():
-        if site["type"] != "sample" or site["is_observed"]:
-            continue
-        log_q = site["fn"].log_prob(site["value"].detach())
+    for name, site in latent_sites(trace):
         frame = next((f for f in site["cond_indep_stack"] if f.name == plate), None)
         total = total + iw.guide_factors[name] * per_datapoint_sum(
-            log_q, frame, iw.max_plate_nesting, *iw.log_w.shape, iw.num_data)
+            masked_log_prob(site), frame, iw.max_plate_nesting, *iw.log_w.shape, iw.num_data)
     return total

@@ -268,12 +268,15 @@ def plot_training_curves(
     path: PathLike,
     title: str = "Training curves",
 ) -> Path:
-    """Plot per-epoch training objective and validation ELBO (nats per datapoint).
+    """Plot per-epoch training objective and validation bound (nats per datapoint).
 
     ``history`` holds one dict per epoch with keys ``"epoch"``, ``"train_loss"``
     (per-datapoint loss minimised; plotted negated as "train objective (-loss)"),
-    ``"val_elbo"`` (per-datapoint validation ELBO, higher is better) and
-    optionally ``"beta"`` (KL warm-up weight) and ``"lr"`` (ignored here).
+    ``"val_bound"`` (the objective's per-datapoint validation bound, higher is
+    better, named by ``"val_bound_name"``: "ELBO", "IWAE_5", ...; the best epoch
+    is marked on it), ``"val_elbo"`` (the validation ELBO, drawn dashed where
+    the bound is another one; a history with only ``val_elbo`` plots that as the
+    bound) and optionally ``"beta"`` (KL warm-up weight) and ``"lr"`` (ignored).
     Missing or non-finite values are skipped. The best validation epoch is
     marked and annotated; ``beta`` is drawn on a twin axis if it is ever != 1.
     If the first epochs are far below the rest, the y-axis is clipped to the
@@ -281,7 +284,11 @@ def plot_training_curves(
     """
     history = list(history)
     tx, ty = _series(history, "train_loss", negate=True)
-    vx, vy = _series(history, "val_elbo")
+    named = any("val_bound" in row for row in history)
+    vx, vy = _series(history, "val_bound" if named else "val_elbo")
+    name = next((row["val_bound_name"] for row in history if row.get("val_bound_name")), "ELBO") if named else "ELBO"
+    label = "ELBO" if name == "ELBO" else f"{name} bound"
+    ex, ey = _series(history, "val_elbo") if named and name != "ELBO" else (np.zeros(0), np.zeros(0))
     bx, by = _series(history, "beta")
 
     fig = _new_figure((7.0, 4.3))
@@ -300,13 +307,13 @@ def plot_training_curves(
         handles.append(h)
     if len(vx):
         (h,) = ax.plot(vx, vy, color="tab:orange", marker=marker, ms=3, lw=1.5,
-                       label="validation ELBO")
+                       label=f"validation {label}")
         handles.append(h)
         best = int(np.argmax(vy))
         bx_best, by_best = vx[best], vy[best]
         ax.axvline(bx_best, color="tab:orange", ls=":", lw=1.0, alpha=0.8)
         (h,) = ax.plot([bx_best], [by_best], marker="*", ms=13, color="tab:red",
-                       ls="none", zorder=5, label="best validation ELBO")
+                       ls="none", zorder=5, label=f"best validation {label}")
         handles.append(h)
         epoch_txt = f"{bx_best:g}"
         # put the label on the side with more room, below the point
@@ -314,7 +321,7 @@ def plot_training_curves(
         xmax = max(tx.max() if len(tx) else bx_best, vx.max())
         right_half = xmax > xmin and (bx_best - xmin) > 0.5 * (xmax - xmin)
         ax.annotate(
-            f"best val ELBO {by_best:.2f}\n(epoch {epoch_txt})",
+            f"best val {label} {by_best:.2f}\n(epoch {epoch_txt})",
             xy=(bx_best, by_best),
             xytext=(-10 if right_half else 10, -28),
             textcoords="offset points",
@@ -326,9 +333,13 @@ def plot_training_curves(
             zorder=6,
         )
 
-    all_y = np.concatenate([ty, vy])
+    if len(ex):
+        (h,) = ax.plot(ex, ey, color="tab:purple", ls="--", lw=1.2, label="validation ELBO")
+        handles.append(h)
+
+    all_y = np.concatenate([ty, vy, ey])
     if all_y.size == 0:
-        ax.text(0.5, 0.5, "no finite train_loss / val_elbo values to plot",
+        ax.text(0.5, 0.5, "no finite train_loss / validation values to plot",
                 transform=ax.transAxes, ha="center", va="center", color="0.4")
     elif all_y.size >= 8:
         # Robust y-limits: ignore a far-off start (e.g. epoch-1 ELBO of -500 vs -100 later).

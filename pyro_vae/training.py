@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import pyro
 from pyro import poutine
-from pyro.infer import ELBO
+from pyro.infer import ELBO, Trace_ELBO
 from pyro.poutine.messenger import Messenger
 from pyro.infer.util import is_validation_enabled
 from tqdm.auto import tqdm
@@ -46,8 +46,8 @@ from tqdm.auto import tqdm
 from . import distributed
 from .contract import build_user_model, check_model, slice_data, state_preserved, uses_labels
 from .data import BINARIZE_MODES, Dataset, load_dataset
-from .evaluation import mean_bound
-from .objectives import build_objective
+from .evaluation import total_bound
+from .objectives import bound_name, build_objective
 from .vae import VAE, build_vae
 
 CHECKPOINT = "checkpoint.pt"
@@ -225,6 +225,27 @@ def load_checkpoint(path, map_location: str = "cpu") -> Dict[str, Any]:
     return ckpt
 
 
+def migrate_history(rows: List[Dict[str, Any]], bound: str) -> List[Dict[str, Any]]:
+    """History rows as this version writes them (``val_bound``, ``val_bound_name``, ``val_elbo``).  Runs made
+    before the bounds were named stored the objective's bound ``bound`` under ``val_elbo``; it moves to
+    ``val_bound``, and ``val_elbo`` stays only where that bound was the ELBO."""
+    migrated = []
+    for row in rows:
+        row = dict(row)
+        if "val_bound" not in row and "val_elbo" in row:
+            row["val_bound"], row["val_bound_name"] = row.pop("val_elbo"), bound
+            if bound == "ELBO":
+                row["val_elbo"] = row["val_bound"]
+        migrated.append(row)
+    return migrated
+
+
+def config_bound_name(config: "TrainConfig") -> str:
+    """The name of the bound a run of ``config`` trains on and validates with ("ELBO", "IWAE_5", ...)."""
+    return bound_name(build_objective(config.loss, config.num_particles, config.gradient, config.num_outer,
+                                      config.ciwae_beta))
+
+
 def load_vae(path, map_location: str = "cpu") -> Tuple[Any, TrainConfig]:
     """Rebuild the model stored in a checkpoint file (or a run folder: its ``best.pt``) in eval mode: our
     :class:`~pyro_vae.VAE`, or a ``--model`` user model rebuilt from its factory and stored arguments."""
@@ -342,9 +363,10 @@ class TrainResult:
     model: Any
     history: List[Dict[str, float]]
     best_epoch: int
-    best_val_elbo: float
-    stop_reason: str      # "completed" | "early_stopping" | "interrupted"
+    best_val_bound: float   # the objective's bound on the validation set, named by ``bound``
+    stop_reason: str        # "completed" | "early_stopping" | "interrupted"
     out_dir: Path
+    bound: str = "ELBO"     # e.g. "IWAE_5": what early stopping compared (pyro_vae.objectives.bound_name)
 
 
 class Trainer:
@@ -391,8 +413,11 @@ class Trainer:
         self.epoch, self.step = 0, 0
         self.epoch_loss_sum, self.epoch_start_time = 0.0, None
         self.history: List[Dict[str, float]] = []
-        self.best_val_elbo, self.best_epoch, self.epochs_since_best = -math.inf, 0, 0
+        self.best_val_bound, self.best_epoch, self.epochs_since_best = -math.inf, 0, 0
         self._stop_requested = False
+        # KL warm-up wraps the programs once (a stable identity: objectives cache per program); beta is set per step
+        self._warmup = (LatentScaleMessenger(1.0), LatentScaleMessenger(1.0))
+        self._warm_programs = (self._warmup[0](module.model), self._warmup[1](module.guide))
         self.params = self._collect_params()
         if world_size > 1:
             self._setup_distributed()
@@ -471,7 +496,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "epoch": self.epoch, "step": self.step, "epoch_loss_sum": self.epoch_loss_sum,
             "epoch_elapsed": time.time() - self.epoch_start_time if self.epoch_start_time and self.step else 0.0,
-            "history": self.history, "best_val_elbo": self.best_val_elbo, "best_epoch": self.best_epoch,
+            "history": self.history, "best_val_bound": self.best_val_bound, "best_epoch": self.best_epoch,
             "epochs_since_best": self.epochs_since_best,
             "rng": _rng_state(),
             **self.checkpoint_extra,
@@ -489,8 +514,10 @@ class Trainer:
             self.scheduler.load_state_dict(ckpt["scheduler"])
         self.epoch, self.step, self.epoch_loss_sum = ckpt["epoch"], ckpt["step"], ckpt["epoch_loss_sum"]
         self.epoch_start_time = time.time() - ckpt["epoch_elapsed"]   # time already spent in a half-done epoch
-        self.history = list(ckpt["history"])
-        self.best_val_elbo, self.best_epoch = ckpt["best_val_elbo"], ckpt["best_epoch"]
+        self.history = migrate_history(ckpt["history"], self.bound_name)
+        # checkpoints before the bounds were named kept the objective's bound as best_val_elbo
+        self.best_val_bound = ckpt["best_val_bound"] if "best_val_bound" in ckpt else ckpt["best_val_elbo"]
+        self.best_epoch = ckpt["best_epoch"]
         self.epochs_since_best = ckpt["epochs_since_best"]
         _set_rng_state(ckpt["rng"])
 
@@ -502,7 +529,8 @@ class Trainer:
         if self.rank != 0:
             return
         atomic_save({"config": self.config.to_dict(), "model_state": self.module.state_dict(),
-                     "epoch": self.epoch, "val_elbo": self.best_val_elbo, **self.checkpoint_extra},
+                     "epoch": self.epoch, "val_bound": self.best_val_bound, "bound": self.bound_name,
+                     **self.checkpoint_extra},
                     self.out_dir / BEST)
 
     def _write_metrics(self) -> None:
@@ -516,45 +544,45 @@ class Trainer:
         """Ask the loop to save a checkpoint and return after the current step (what Ctrl-C does)."""
         self._stop_requested = True
 
-    def validation_elbo(self) -> float:
-        """Per-datapoint bound on the validation split with beta = 1 (higher is better).
+    @property
+    def bound_name(self) -> str:
+        """The name of the objective's bound ("ELBO", "IWAE_5", ...): what validation reports and early stopping
+        compares."""
+        return bound_name(self.objective)
 
-        Uses a fixed random stream (common random numbers across epochs, so epoch-to-epoch changes
-        are not MC noise) without disturbing the training stream.
-        """
-        self.module.eval()
-        if self.world_size > 1:
-            elbo = self.sharded_bound(self.module, self.valid, self.config.seed + 7919, **self.valid_data)
-            self.module.train()
-            return elbo
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(self.config.seed + 7919)
-            elbo = mean_bound(self.objective, self.module.model, self.module.guide, self.valid,
-                              self.config.eval_batch_size, **self.valid_data)
-        self.module.train()
-        return elbo
-
-    def sharded_bound(self, module: Any, x: torch.Tensor, seed: int, **data) -> float:
-        """Distributed :func:`mean_bound` of ``module`` on ``x: [N, D]``: each rank evaluates its contiguous
-        shard with the random seed ``seed + rank``; the per-point mean is (sum of the ranks' sums) / N."""
+    def split_bounds(self, module: Any, x: torch.Tensor, seed: int, **data) -> Tuple[float, float]:
+        """``(objective's bound, ELBO)`` per datapoint of ``module`` on ``x: [N, D]`` with beta = 1 (the true
+        bounds), higher is better; the ELBO is the objective's own figure where its bound is the ELBO, else
+        ``Trace_ELBO`` with one particle.  Each uses the fixed random stream ``seed`` (common random numbers
+        across epochs, so epoch-to-epoch changes are not Monte-Carlo noise) without disturbing the training
+        stream.  Distributed: each rank evaluates its contiguous shard (seed + rank) as part of the whole set
+        (``num_data = N``, so global latents count once), and the sums are reduced."""
         start, stop = distributed.shard_bounds(x.shape[0], self.rank, self.world_size)
-        total = 0.0
+        objectives = [self.objective] + ([] if self.bound_name == "ELBO" else [Trace_ELBO()])
+        totals = [0.0] * len(objectives)
         if stop > start:
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                torch.manual_seed(seed + self.rank)
-                total = (stop - start) * mean_bound(self.objective, module.model, module.guide, x[start:stop],
-                                                    self.config.eval_batch_size,
-                                                    **slice_data(data, x.shape[0], start, stop))
-        return distributed.all_reduce_sum([total], self.device)[0] / x.shape[0]
+            for i, objective in enumerate(objectives):
+                with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                    torch.manual_seed(seed + self.rank)
+                    totals[i] = total_bound(objective, module.model, module.guide, x[start:stop],
+                                            self.config.eval_batch_size, num_data=x.shape[0],
+                                            **slice_data(data, x.shape[0], start, stop))
+        if self.world_size > 1:
+            totals = distributed.all_reduce_sum(totals, self.device)
+        return totals[0] / x.shape[0], totals[-1] / x.shape[0]
+
+    def validation_bounds(self) -> Tuple[float, float]:
+        """``(objective's bound, ELBO)`` per datapoint on the validation split (see :meth:`split_bounds`)."""
+        return self.split_bounds(self.module, self.valid, self.config.seed + 7919, **self.valid_data)
 
     def _programs(self) -> Tuple[Callable, Callable]:
         """The model and guide for the next step: KL warm-up scales their latent sites by beta < 1."""
         beta = self.beta()
-        model, guide = self.module.model, self.module.guide
-        if beta != 1.0:
-            model, guide = LatentScaleMessenger(beta)(model), LatentScaleMessenger(beta)(guide)
-        return model, guide
+        if beta == 1.0:
+            return self.module.model, self.module.guide
+        for messenger in self._warmup:
+            messenger.scale = beta
+        return self._warm_programs
 
     def train_step(self, x: torch.Tensor, **data) -> float:
         """One optimiser step on the minibatch ``x: [B, D]`` (``**data``: its side inputs, e.g. labels
@@ -622,15 +650,17 @@ class Trainer:
         Nothing is saved unless the parameters and the validation bound are finite: a step whose loss
         was finite can still leave NaN weights, and those must never become "the last good checkpoint".
         """
-        val_elbo = self.validation_elbo()
-        if not math.isfinite(val_elbo) or not all(torch.isfinite(p).all() for p in self.params):
-            raise self._diverged(f"the parameters or the validation ELBO ({val_elbo}) became non-finite "
-                                 f"during epoch {self.epoch + 1}")
+        val_bound, val_elbo = self.validation_bounds()
+        if not math.isfinite(val_bound) or not all(torch.isfinite(p).all() for p in self.params):
+            raise self._diverged(f"the parameters or the validation {self.bound_name} bound ({val_bound}) became "
+                                 f"non-finite during epoch {self.epoch + 1}")
         self.epoch += 1
         self.step = 0
         row = {"epoch": self.epoch,
                "train_loss": self.epoch_loss_sum / self.num_train,
-               "val_elbo": val_elbo,
+               "val_bound": val_bound,          # the objective's bound, named by val_bound_name; early stopping's
+               "val_bound_name": self.bound_name,
+               "val_elbo": val_elbo,            # the ELBO (one particle), whatever the objective
                "beta": self.beta_at_epoch_end(),
                "lr": self.optimizer.param_groups[0]["lr"],
                "seconds": time.time() - self.epoch_start_time}
@@ -638,8 +668,8 @@ class Trainer:
         self.epoch_loss_sum = 0.0
         if self.scheduler is not None:
             self.scheduler.step()
-        if val_elbo > self.best_val_elbo:
-            self.best_val_elbo, self.best_epoch, self.epochs_since_best = val_elbo, self.epoch, 0
+        if val_bound > self.best_val_bound:
+            self.best_val_bound, self.best_epoch, self.epochs_since_best = val_bound, self.epoch, 0
             self._save_best()
         else:
             self.epochs_since_best += 1
@@ -703,7 +733,8 @@ class Trainer:
                 should_stop = self._finish_epoch()
                 last = self.history[-1]
                 bar.set_postfix(epoch=self.epoch, loss=f"{last['train_loss']:.2f}",
-                                val_elbo=f"{last['val_elbo']:.2f}", best=f"{self.best_val_elbo:.2f}")
+                                **{f"val_{self.bound_name}": f"{last['val_bound']:.2f}"},
+                                best=f"{self.best_val_bound:.2f}")
                 if should_stop:
                     return "early_stopping"
             return "completed"
@@ -847,9 +878,11 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         best, _ = load_vae(out / BEST, map_location=str(device))
         best.to(device)
     if stop_reason != "interrupted":
-        test_elbo = _test_bound(best, trainer, data)
-        summary = {"best_epoch": trainer.best_epoch, "best_val_elbo": trainer.best_val_elbo,
-                   "test_elbo": test_elbo, "epochs_run": trainer.epoch,
+        test_bound, test_elbo = trainer.split_bounds(best, data.test.to(trainer.device),
+                                                     trainer.config.seed + 104729, **trainer.side_inputs("test"))
+        summary = {"bound": trainer.bound_name,                        # early stopping compared this bound
+                   "best_epoch": trainer.best_epoch, "best_val_bound": trainer.best_val_bound,
+                   "test_bound": test_bound, "test_elbo": test_elbo, "epochs_run": trainer.epoch,
                    "stop_reason": stop_reason, "num_train": trainer.num_train,
                    "seconds": sum(r["seconds"] for r in trainer.history)}
         if rank == 0:
@@ -863,14 +896,6 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
                     plot_training_curves(trainer.history, out / "curves.png")
             except Exception as e:  # noqa: BLE001 - a figure must never turn a finished run into a failure
                 warnings.warn(f"figures skipped: {e}")
-    return TrainResult(best, trainer.history, trainer.best_epoch, trainer.best_val_elbo, stop_reason, out)
+    return TrainResult(best, trainer.history, trainer.best_epoch, trainer.best_val_bound, stop_reason, out,
+                       trainer.bound_name)
 
-
-def _test_bound(vae: VAE, trainer: Trainer, data: Dataset) -> float:
-    labels = trainer.side_inputs("test")
-    if trainer.world_size > 1:   # each rank its shard of the test set, as for validation
-        return trainer.sharded_bound(vae, data.test.to(trainer.device), trainer.config.seed + 104729, **labels)
-    with torch.random.fork_rng(devices=[trainer.device] if trainer.device.type == "cuda" else []):
-        torch.manual_seed(trainer.config.seed + 104729)
-        return mean_bound(trainer.objective, vae.model, vae.guide, data.test.to(trainer.device),
-                          trainer.config.eval_batch_size, **labels)

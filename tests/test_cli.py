@@ -55,9 +55,10 @@ def test_train_writes_every_output(trained_run, capsys):
     assert set(config) == {f.name for f in dataclasses.fields(TrainConfig)}
     assert TrainConfig.from_dict(config) == TrainConfig(epochs=2, hidden=(16,), latent_dim=2, out=str(out))
     summary = json.loads((out / "summary.json").read_text())
-    assert math.isfinite(summary["best_val_elbo"]) and summary["best_val_elbo"] < 0
+    assert math.isfinite(summary["best_val_bound"]) and summary["best_val_bound"] < 0
     assert math.isfinite(summary["test_elbo"]) and summary["test_elbo"] < 0
-    assert summary["best_val_elbo"] == max(row["val_elbo"] for row in rows)
+    assert summary["bound"] == "ELBO" and summary["test_bound"] == summary["test_elbo"]
+    assert summary["best_val_bound"] == max(row["val_bound"] for row in rows)
     assert summary["epochs_run"] == 2 and summary["stop_reason"] == "completed"
     for name in FIGURES:
         assert_png(out / name)
@@ -266,10 +267,38 @@ def test_train_with_iwae_dreg_from_the_cli(tmp_path, capsys):
     config = json.loads((out / "config.json").read_text())
     assert (config["loss"], config["num_particles"], config["gradient"]) == ("iwae", 5, "dreg")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert rows[1]["val_elbo"] > rows[0]["val_elbo"] > -45        # the IWAE_5 bound improves
+    assert rows[1]["val_bound"] > rows[0]["val_bound"] > -45      # the IWAE_5 bound improves
+    assert all(row["val_bound_name"] == "IWAE_5" and row["val_elbo"] < row["val_bound"] for row in rows)
     capsys.readouterr()
     assert main(["train", "--loss", "elbo", "--gradient", "dreg", "--out", str(tmp_path / "x")]) == 1
     assert "--gradient dreg applies to the iwae and miwae" in capsys.readouterr().err
+
+
+def test_every_bound_is_printed_and_stored_under_its_own_name(tmp_path, capsys):
+    """Review finding 4: `train --loss iwae --num-particles 50` printed the IWAE_50 bound as "test ELBO" (and
+    stored it as best_val_elbo / test_elbo / val_elbo).  Now each figure carries its name and `evaluate`
+    on the checkpoint confirms both: its IWAE_50 and its ELBO on the same test points, within Monte-Carlo
+    error (different draws)."""
+    out = tmp_path / "iwae50"
+    assert main(["train", *TINY, "--loss", "iwae", "--num-particles", "50", "--no-figures", "--out", str(out)]) == 0
+    line = capsys.readouterr().out.splitlines()[0]
+    match = re.fullmatch(r"best validation IWAE_50 bound (-?\d+\.\d+) nats at epoch (\d+) \(early stopping on it; "
+                         r"completed\); test IWAE_50 bound (-?\d+\.\d+) nats, test ELBO \(k=1\) (-?\d+\.\d+) nats",
+                         line)
+    assert match, line
+    test_bound, test_elbo = float(match.group(3)), float(match.group(4))
+    assert test_elbo < test_bound - 0.5
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["bound"] == "IWAE_50" and "best_val_elbo" not in summary
+    assert (summary["test_bound"], summary["test_elbo"]) == (pytest.approx(test_bound, abs=1e-3),
+                                                             pytest.approx(test_elbo, abs=1e-3))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["val_bound_name"] == "IWAE_50" and r["val_elbo"] < r["val_bound"] for r in rows)
+    assert summary["best_val_bound"] == max(r["val_bound"] for r in rows)
+    assert main(["evaluate", str(out), "--num-samples", "500", "--out", str(tmp_path / "eval"), "--no-progress"]) == 0
+    record = json.loads((tmp_path / "eval" / "evaluation_test.json").read_text())
+    assert record["iwae_curve"]["50"] == pytest.approx(test_bound, abs=0.3)
+    assert record["elbo"] == pytest.approx(test_elbo, abs=0.3)
 
 
 def test_evaluate_prints_the_headline_and_writes_per_datapoint_json(trained_run, tmp_path, capsys):

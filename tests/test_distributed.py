@@ -150,6 +150,7 @@ def test_two_processes_take_the_one_process_steps(reference, two_processes):
     # the reduced metrics are the one-process metrics (deterministic model: no sampling noise either way)
     ref_row, row = ref_result.history[0], result.history[0]
     assert row["train_loss"] == pytest.approx(ref_row["train_loss"], rel=1e-5)
+    assert row["val_bound"] == pytest.approx(ref_row["val_bound"], rel=1e-5)
     assert row["val_elbo"] == pytest.approx(ref_row["val_elbo"], rel=1e-5)
 
 

@@ -29,7 +29,7 @@ from pyro_vae.training import (CHECKPOINT, BEST, METRICS, LatentScaleMessenger, 
                                model_kwargs, train)
 from pyro_vae.vae import build_vae
 
-HISTORY_KEYS = {"epoch", "train_loss", "val_elbo", "beta", "lr", "seconds"}
+HISTORY_KEYS = {"epoch", "train_loss", "val_bound", "val_bound_name", "val_elbo", "beta", "lr", "seconds"}
 STEPS_PER_EPOCH = 13   # ceil(1257 / 100) digits training points per batch of 100
 
 
@@ -110,19 +110,20 @@ def test_training_improves_validation_elbo_and_logs_history(tmp_path, digits):
     assert [row["epoch"] for row in history] == [1, 2, 3, 4, 5]
     assert all(set(row) == HISTORY_KEYS for row in history)
     assert all(row["beta"] == 1.0 and row["lr"] == 1e-3 and row["seconds"] > 0 for row in history)
-    trained = history[-1]["val_elbo"]
+    trained = history[-1]["val_bound"]
+    assert all(row["val_bound_name"] == "ELBO" and row["val_elbo"] == row["val_bound"] for row in history)
     assert trained > untrained + 8.0, (untrained, trained)
     assert history[-1]["train_loss"] < history[0]["train_loss"] - 5.0
     assert result.stop_reason == "completed"
-    assert result.best_epoch == max(history, key=lambda r: r["val_elbo"])["epoch"]
-    assert result.best_val_elbo == max(row["val_elbo"] for row in history)
+    assert result.best_epoch == max(history, key=lambda r: r["val_bound"])["epoch"]
+    assert result.best_val_bound == max(row["val_bound"] for row in history) and result.bound == "ELBO"
     # metrics.jsonl is the history, row for row
     assert read_metrics(config.out) == history
     # the returned model is the best one, and its validation bound is reproducible
     with torch.random.fork_rng():
         torch.manual_seed(config.seed + 7919)
         again = mean_bound(build_objective("elbo"), result.model.model, result.model.guide, digits.valid)
-    assert again == pytest.approx(result.best_val_elbo, rel=1e-12, abs=1e-9)
+    assert again == pytest.approx(result.best_val_bound, rel=1e-12, abs=1e-9)
     summary = json.loads((Path(config.out) / "summary.json").read_text())
     assert summary["best_epoch"] == result.best_epoch and summary["epochs_run"] == 5
     assert summary["stop_reason"] == "completed" and summary["num_train"] == 1257
@@ -141,7 +142,7 @@ RESUME_CONFIGS = {
 def assert_runs_identical(out_a, out_b):
     a, b = load_checkpoint(Path(out_a) / CHECKPOINT), load_checkpoint(Path(out_b) / CHECKPOINT)
     for key in ("model_state", "optimizer", "scheduler", "epoch", "step", "epoch_loss_sum",
-                "best_val_elbo", "best_epoch", "epochs_since_best", "param_store"):
+                "best_val_bound", "best_epoch", "epochs_since_best", "param_store"):
         assert_same(a[key], b[key], key)
     assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
     assert without_seconds(a["history"]) == without_seconds(b["history"])
@@ -239,6 +240,25 @@ def test_resume_refuses_a_changed_config(finished_run, digits, field, value, tex
 def test_resume_allows_more_epochs_and_other_patience(finished_run, digits):
     result = run(dataclasses.replace(finished_run, epochs=2, patience=5), digits, resume=True)
     assert [row["epoch"] for row in result.history] == [1, 2]
+
+
+def test_a_checkpoint_from_before_the_bounds_were_named_resumes(tmp_path, digits):
+    """Old runs stored the objective's bound as ``val_elbo`` / ``best_val_elbo`` (an IWAE_3 bound here): they
+    resume, with the rows migrated to ``val_bound`` under the bound's name and no false ``val_elbo``."""
+    config = tiny(tmp_path / "run", epochs=1, loss="iwae", num_particles=3)
+    run(config, digits)
+    path = Path(config.out) / CHECKPOINT
+    ckpt = torch.load(path, weights_only=True)
+    for row in ckpt["history"]:
+        row["val_elbo"] = row.pop("val_bound")
+        del row["val_bound_name"]
+    ckpt["best_val_elbo"] = ckpt.pop("best_val_bound")
+    torch.save(ckpt, path)
+    result = run(dataclasses.replace(config, epochs=2), digits, resume=True)
+    first, second = result.history
+    assert first["val_bound"] == ckpt["best_val_elbo"] and first["val_bound_name"] == "IWAE_3"
+    assert "val_elbo" not in first and second["val_elbo"] < second["val_bound"]
+    assert result.bound == "IWAE_3" and result.best_val_bound == max(first["val_bound"], second["val_bound"])
 
 
 def test_existing_checkpoint_without_resume_is_refused(finished_run, digits):
@@ -382,9 +402,9 @@ def test_kl_warmup_schedule(tmp_path, digits, monkeypatch):
     used = []
 
     class SpyScale(LatentScaleMessenger):
-        def __init__(self, scale):
-            used.append(scale)
-            super().__init__(scale)
+        def __enter__(self):            # once per run of the wrapped model or guide
+            used.append(self.scale)
+            return super().__enter__()
 
     monkeypatch.setattr(training, "LatentScaleMessenger", SpyScale)
     betas = []
@@ -413,16 +433,17 @@ def test_early_stopping_keeps_the_best_model(tmp_path, digits, monkeypatch):
     def fake_validation(self):
         # the model as it is when epoch (self.epoch + 1) is validated
         snapshots[self.epoch + 1] = {k: v.clone() for k, v in self.module.state_dict().items()}
-        return next(scripted)
+        value = next(scripted)
+        return value, value
 
-    monkeypatch.setattr(Trainer, "validation_elbo", fake_validation)
+    monkeypatch.setattr(Trainer, "validation_bounds", fake_validation)
     config = tiny(tmp_path / "run", epochs=6, patience=1)
     result = run(config, digits)
     assert result.stop_reason == "early_stopping"
-    assert [row["val_elbo"] for row in result.history] == [-30.0, -29.0, -29.5]
-    assert result.best_epoch == 2 and result.best_val_elbo == -29.0
+    assert [row["val_bound"] for row in result.history] == [-30.0, -29.0, -29.5]
+    assert result.best_epoch == 2 and result.best_val_bound == -29.0
     best = load_checkpoint(Path(config.out) / BEST)
-    assert best["epoch"] == 2 and best["val_elbo"] == -29.0
+    assert best["epoch"] == 2 and best["val_bound"] == -29.0 and best["bound"] == "ELBO"
     assert_same(best["model_state"], snapshots[2], "best.pt")
     assert_same(result.model.state_dict(), snapshots[2], "result.model")
     ckpt = load_checkpoint(Path(config.out) / CHECKPOINT)
@@ -434,7 +455,7 @@ def test_early_stopping_keeps_the_best_model(tmp_path, digits, monkeypatch):
 
 def test_early_stopping_patience_two(tmp_path, digits, monkeypatch):
     scripted = iter([-30.0, -29.0, -29.5, -29.1, -29.7, -20.0])
-    monkeypatch.setattr(Trainer, "validation_elbo", lambda self: next(scripted))
+    monkeypatch.setattr(Trainer, "validation_bounds", lambda self: (lambda v: (v, v))(next(scripted)))
     result = run(tiny(tmp_path / "run", epochs=6, patience=2), digits)
     assert result.stop_reason == "early_stopping" and len(result.history) == 4 and result.best_epoch == 2
 
@@ -592,7 +613,7 @@ def test_nan_weights_with_finite_loss_never_become_the_checkpoint(tmp_path, digi
     assert ckpt["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in ckpt["model_state"].values())
     rows = read_metrics(config.out)
-    assert len(rows) == 1 and all(math.isfinite(v) for v in rows[0].values())
+    assert len(rows) == 1 and all(math.isfinite(v) for k, v in rows[0].items() if k != "val_bound_name")
 
 
 def test_divergence_in_first_epoch_says_no_checkpoint_exists(tmp_path, digits):
