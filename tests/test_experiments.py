@@ -29,10 +29,12 @@ def test_estimator_study_smoke_reports_gap_and_active_units(tmp_path):
     assert main(["run", "estimators", "--budget", "smoke", "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     names = {r["name"] for r in metrics["runs"]}
-    assert names == {"VAE k=1", "VAE k=2", "IWAE k=2", "IWAE-DReG k=2"}
+    assert names == {"VAE k=1", "VAE k=2", "IWAE k=2", "IWAE-DReG k=2", "2-layer IWAE k=2", "2-layer IWAE-DReG k=2"}
     for run in metrics["runs"]:
         assert run["gap"] == run["train_log_px"] - run["log_px"]
-        assert run["config"]["loss"] == ("iwae" if run["name"].startswith("IWAE") else "elbo")
+        assert run["config"]["loss"] == ("elbo" if run["name"].startswith("VAE") else "iwae")
+        assert (run["config"]["model"] is not None) == run["name"].startswith("2-layer")
+        assert run["config"]["gradient"] == ("dreg" if "DReG" in run["name"] else "standard")
     assert "| IWAE-DReG k=2 |" in (out / "table.md").read_text()
     assert (out / "estimators.png").stat().st_size > 1000
 
