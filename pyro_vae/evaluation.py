@@ -227,7 +227,8 @@ class JointLogLikelihood:
 
     def headline(self) -> str:
         return (f"{self.quantity} = {self.mean:.2f} ± {self.stderr_mc:.2f} nats per point (joint over "
-                f"{self.num_points} points; Monte-Carlo standard error)")
+                f"{self.num_points} points; Monte-Carlo standard error; effective sample size "
+                f"{self.effective_sample_size:.1f} of J = {self.num_global_samples} draws of the global latents)")
 
     def to_dict(self) -> Dict:
         return dataclasses.asdict(self)

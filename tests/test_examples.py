@@ -44,7 +44,7 @@ def digits():
 # -- the docs ------------------------------------------------------------------------------------------
 
 def test_docs_twenty_line_example_trains_and_evaluates(tmp_path, monkeypatch, capsys):
-    (block,) = doc_blocks("python")
+    block, _ = doc_blocks("python")
     assert len([line for line in block.strip().splitlines() if line.strip()]) <= 24   # it is short
     monkeypatch.chdir(tmp_path)
     pyro.set_rng_seed(0)
@@ -54,6 +54,43 @@ def test_docs_twenty_line_example_trains_and_evaluates(tmp_path, monkeypatch, ca
     # a Laplace density over [0,1]^64: about +19 after 10 epochs, about -150 untrained
     assert -60 < value < 150, printed
     assert (tmp_path / "runs" / "laplace" / "checkpoint.pt").exists()
+
+
+def test_docs_global_latent_example_reports_both_figures_under_their_names(tmp_path, monkeypatch, capsys):
+    _, block = doc_blocks("python")
+    monkeypatch.chdir(tmp_path)
+    pyro.set_rng_seed(0)
+    exec(compile(block, "docs/declaring_models.md (global latents)", "exec"), {})
+    printed = capsys.readouterr().out
+    conditional = float(re.search(r"^log p\(x \| b\) = (-?\d+\.\d+) ± \d+\.\d+ nats$", printed, re.M).group(1))
+    joint = float(re.search(r"^log p\(X\)/N = (-?\d+\.\d+) ± \d+\.\d+ nats per point", printed, re.M).group(1))
+    # digits after 10 epochs: about -27 each (untrained about -45)
+    assert -35 < conditional < -20 and -35 < joint < -20, printed
+    assert abs(conditional - joint) < 3, printed
+
+
+def test_global_latent_model_from_the_cli(tmp_path, monkeypatch, capsys):
+    """The docs' SharedBiasVAE as a --model: IWAE training and plain `evaluate` refuse it with its global site
+    named; `--globals condition|joint` print their own quantities."""
+    _, block = doc_blocks("python")
+    (tmp_path / "shared_bias.py").write_text(block.split("data = load_dataset")[0])
+    monkeypatch.chdir(tmp_path)
+    base = ["train", "--model", "shared_bias:SharedBiasVAE", "--binarize", "static", "--epochs", "1", "--no-progress",
+            "--no-figures"]
+    assert main(base + ["--loss", "iwae", "--num-particles", "3", "--out", "iwae"]) == 1
+    assert "['b'] sit outside the data plate" in capsys.readouterr().err
+    assert main(base + ["--out", "run"]) == 0
+    capsys.readouterr()
+    evaluate_run = ["evaluate", "run", "--num", "30", "--num-samples", "20", "--no-progress"]
+    assert main(evaluate_run) == 1
+    err = capsys.readouterr().err
+    assert "['b'] sit outside the data plate" in err and "--globals condition|joint" in err
+    assert main(evaluate_run + ["--globals", "condition"]) == 0
+    assert re.match(r"log p\(x \| b\) = -\d+\.\d\d ± \d+\.\d\d nats\n", capsys.readouterr().out)
+    assert main(evaluate_run + ["--globals", "joint", "--num-global-samples", "4"]) == 0
+    printed = capsys.readouterr().out
+    assert re.match(r"log p\(X\)/N = -\d+\.\d\d ± \d+\.\d\d nats per point \(joint over 30 points", printed)
+    assert json.loads((tmp_path / "run" / "evaluation_test.json").read_text())["num_global_samples"] == 4
 
 
 @pytest.mark.parametrize("line", doc_commands())
