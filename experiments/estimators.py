@@ -98,8 +98,14 @@ def run(budget_name: str, out_dir: Path, command: str, revision: str, data_dir: 
     data = budget["train"]["dataset"]
     rows = [(name, format_mean_se(row['log_px']), f"{row['elbo'][0]:.2f}",
              f"{row['gap'][0]:.2f}", f"{row['active_units'][0]:.1f}") for name, row in table.items()]
-    write_table(out_dir, f"Estimator study ({budget_name} budget)", command, revision,
-                describe_budget(budget, f"{data}, dynamically binarized"),
+    description = describe_budget(budget, f"{data}, dynamically binarized")
+    two_layer = budget.get("two_layer_args")
+    if two_layer is not None:
+        changed = f", with {two_layer}" if two_layer else ""
+        description += (f" 2-layer rows: `{TWO_LAYER}`, two stochastic layers z2 -> z1 -> x (784-(200,200)-100-"
+                        f"(100,100)-50, tanh{changed}); their active units count the units of z1 and z2 "
+                        f"together, with E_q[z2 | x] averaged over draws of z1.")
+    write_table(out_dir, f"Estimator study ({budget_name} budget)", command, revision, description,
                 ("objective", "test log p(x)", "test ELBO", "train - test gap", "active units"), rows, records)
     write_metrics(out_dir, command, revision, budget_name, budget["seeds"], table, records)
     plot_study(records, table, out_dir / "estimators.png", f"test log p(x), S = {budget['num_samples']} (nats)",
