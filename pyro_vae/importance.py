@@ -28,12 +28,14 @@ Conventions (shape legend: K particles, N data points in the batch, M other plat
   names the sites; :mod:`pyro_vae.global_latents` gives the exact alternatives).  Models without global
   latents (every VAE here) are unaffected.
 * ``stop_guide_params=True`` (the STL, DReG and PIWAE estimators): log q(z|x) is re-scored by running the
-  guide again on the sampled values with every parameter stopped (:func:`stopped_parameters`), so its
+  guide again on the sampled values with every parameter stopped (:class:`stopped_parameters`; a guide with
+  one latent site and no transforms gets the same numbers by detaching that site's distribution), so its
   gradient reaches the guide only through the sampled z, along the whole sampling path (z2 = f(z1, eps)
   in a hierarchical guide keeps its dependence on z1; transformed distributions work too).  The model and
   the re-scored guide read copies of the sampled values (:attr:`ImportanceWeights.values`), on which an
   estimator may hook the gradient that reaches each use without touching the sampling path.
 """
+import copy
 import dataclasses
 import math
 from typing import Callable, Dict, Optional, Tuple
@@ -224,10 +226,15 @@ def importance_weights(model: Callable, guide: Callable, *args, num_particles: i
     score_trace = guide_trace
     if stop_guide_params:
         values = {name: value.clone() for name, value in values.items()}    # the uses: z, not its sampling path
-        score_trace = rescore_guide(guide, values, drawn, *args, num_particles=num_particles,
-                                    max_plate_nesting=max_plate_nesting, stop_params=True, **kwargs)
-        if is_validation_enabled():
-            _check_rescore(guide_trace, score_trace)
+        if _self_contained(guide_trace):          # the same numbers as re-running the guide, without the run
+            score_trace = with_values(guide_trace, values)
+            for name in values:
+                score_trace.nodes[name]["fn"] = detach_distribution(score_trace.nodes[name]["fn"])
+        else:
+            score_trace = rescore_guide(guide, values, drawn, *args, num_particles=num_particles,
+                                        max_plate_nesting=max_plate_nesting, stop_params=True, **kwargs)
+            if is_validation_enabled():
+                _check_rescore(guide_trace, score_trace)
     model_trace = prune_subsample_sites(poutine.trace(poutine.replay(
         vectorized(model, num_particles, max_plate_nesting), trace=with_values(drawn, values))).get_trace(
             *args, **kwargs))
@@ -266,6 +273,33 @@ def importance_weights(model: Callable, guide: Callable, *args, num_particles: i
             guide_factors[name] = factor / common
     return ImportanceWeights(log_w, plate_scale * common, num_data, guide_trace, model_trace, max_plate_nesting,
                              guide_factors, values, global_latent_sites(model_trace, plate))
+
+
+def detach_distribution(fn):
+    """A shallow copy of a distribution whose tensors are detached (recursively through wrappers such as
+    ``Independent``, expanded and masked distributions)."""
+    new = copy.copy(fn)
+    for name, value in vars(fn).items():
+        if torch.is_tensor(value) and value.requires_grad:
+            setattr(new, name, value.detach())
+        elif isinstance(value, torch.distributions.Distribution):
+            setattr(new, name, detach_distribution(value))
+    return new
+
+
+def _self_contained(guide_trace: Trace) -> bool:
+    """Whether stopping the guide's parameters in log q is detaching its one latent site's distribution: with
+    no other latent site upstream, that distribution's tensors depend only on x and the parameters.  (Not for
+    a transformed distribution, whose transforms hold parameters outside its tensors.)"""
+    sites = latent_sites(guide_trace)
+    if len(sites) != 1:
+        return False
+    fn = sites[0][1]["fn"]
+    while fn is not None:
+        if isinstance(fn, torch.distributions.TransformedDistribution):
+            return False
+        fn = getattr(fn, "base_dist", None)
+    return True
 
 
 def _check_rescore(guide_trace: Trace, score_trace: Trace) -> None:
