@@ -23,6 +23,7 @@ Shape legend: ``N`` data points, ``D`` data dimension, ``S`` importance samples,
 samples, ``B`` a batch of data points, ``Z`` latent dimension, ``J`` outer draws of the global latents.
 """
 import dataclasses
+import inspect
 import math
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -31,14 +32,35 @@ from pyro.infer import ELBO
 from tqdm.auto import tqdm
 
 from .active_units import active_units, latent_means
-from .contract import accepts, eval_mode, slice_data
+from .contract import eval_mode, slice_data
 from .global_latents import GLOBALS_OPTIONS, condition_on, draw_globals, guide_means, nested_log_marginal, refusal
 from .importance import log_weights, program_structure
 
 
+def _names_num_data(fn: Callable) -> bool:
+    try:
+        return "num_data" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def num_data_kwargs(model: Callable, guide: Callable, num_data: int) -> Dict[str, int]:
-    """``{"num_data": N}`` where both programs take it (the contract), else ``{}``."""
-    return {"num_data": num_data} if accepts(model, "num_data") and accepts(guide, "num_data") else {}
+    """``{"num_data": N}`` where both programs name a ``num_data`` parameter (the contract), else ``{}`` (a
+    program that only takes ``**kwargs`` may not size its plate by it, and scaling its batches would be wrong)."""
+    return {"num_data": num_data} if _names_num_data(model) and _names_num_data(guide) else {}
+
+
+def _set_size(model: Callable, guide: Callable, x: torch.Tensor, kwargs: Dict) -> Dict[str, int]:
+    """``{"num_data": ...}`` for the evaluated points: the size of the set they belong to, ``kwargs``'s own
+    ``num_data`` (popped: a shard of a larger set) or else ``len(x)``."""
+    return num_data_kwargs(model, guide, kwargs.pop("num_data", None) or x.shape[0])
+
+
+def _refuse_unshared_globals(names, passed, x, batch_size) -> None:
+    if names and not passed and x.shape[0] > batch_size:
+        raise ValueError(f"the model has global latent site(s) {list(names)} but its programs take no num_data, so "
+                         f"batches of {batch_size} would each count them once: give model and guide a num_data=None "
+                         f"parameter (docs/declaring_models.md), or evaluate all {x.shape[0]} points in one batch")
 
 
 def _check_x(x) -> None:
@@ -63,12 +85,9 @@ def total_bound(objective: ELBO, model: Callable, guide: Callable, x: torch.Tens
     total = 0.0
     with eval_mode(model, guide):
         if not passed and x.shape[0] > batch_size:
-            names = program_structure(model, guide, x[:batch_size], plate=plate,
-                                      **slice_data(data, x.shape[0], 0, batch_size))[1]
-            if names:
-                raise ValueError(f"the model has global latent site(s) {list(names)} but its programs take no "
-                                 f"num_data, so a bound over batches would count them once per batch: give model "
-                                 f"and guide a num_data=None parameter (docs/declaring_models.md)")
+            _refuse_unshared_globals(program_structure(model, guide, x[:batch_size], plate=plate,
+                                                       **slice_data(data, x.shape[0], 0, batch_size))[1],
+                                     passed, x, batch_size)
         for start in range(0, x.shape[0], batch_size):
             xb = x[start:start + batch_size]
             loss = objective.loss(model, guide, xb, **passed, **slice_data(data, x.shape[0], start, start + batch_size))
@@ -270,6 +289,7 @@ def _with_globals(model, guide, x, args, kwargs, *, plate, num_samples, batch_si
     _check_x(x)
     first = dict(passed, **slice_data(kwargs, x.shape[0], 0, min(batch_size, x.shape[0])))
     names = program_structure(model, guide, x[:batch_size], *args, plate=plate, **first)[1]
+    _refuse_unshared_globals(names, passed, x, batch_size)
     if not names:
         if global_values:
             raise ValueError(f"global_values {sorted(global_values)} given, but the model has no global latent sites")
@@ -308,7 +328,7 @@ def log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *args, num
     :mod:`pyro_vae.global_latents`, and :func:`joint_log_likelihood` for log p(X).
     """
     _check_x(x)
-    passed = num_data_kwargs(model, guide, x.shape[0])
+    passed = _set_size(model, guide, x, kwargs)
     with eval_mode(model, guide):
         model, guide, _, _ = _with_globals(model, guide, x, args, kwargs, plate=plate, num_samples=num_samples,
                                            batch_size=batch_size, globals=globals, global_values=global_values,
@@ -329,7 +349,7 @@ def joint_log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *arg
     if num_global_samples < 1:
         raise ValueError(f"num_global_samples must be >= 1, got {num_global_samples}")
     _check_x(x)
-    passed = num_data_kwargs(model, guide, x.shape[0])
+    passed = _set_size(model, guide, x, kwargs)
     first = dict(passed, **slice_data(kwargs, x.shape[0], 0, min(batch_size, x.shape[0])))
     with eval_mode(model, guide):
         names = program_structure(model, guide, x[:batch_size], *args, plate=plate, **first)[1]
@@ -374,7 +394,7 @@ def evaluate(model: Callable, guide: Callable, x: torch.Tensor, *args, num_sampl
                                     batch_size=batch_size, plate=plate, progress=progress, **kwargs)
     ks = iwae_ks(num_samples)
     _check_x(x)
-    passed = num_data_kwargs(model, guide, x.shape[0])
+    passed = _set_size(model, guide, x, kwargs)
     with eval_mode(model, guide):
         model, guide, quantity, used = _with_globals(model, guide, x, args, kwargs, plate=plate,
                                                      num_samples=num_samples, batch_size=batch_size,

@@ -74,6 +74,7 @@ class ImportanceWeights:
             a copy of the sample, so a hook on it sees only the gradient of the weights, not the
             sampling path; otherwise the sample itself).
         global_latents: names of the model's latent sites outside the data plate.
+        sampled_trace: the unpruned trace that drew the samples (for running the guide again on them).
     """
     log_w: torch.Tensor
     scale: float
@@ -84,6 +85,7 @@ class ImportanceWeights:
     guide_factors: Dict[str, float]
     values: Dict[str, torch.Tensor]
     global_latents: Tuple[str, ...]
+    sampled_trace: poutine.Trace
 
 
 def _plate_nesting(*traces) -> int:
@@ -127,17 +129,23 @@ class stopped_parameters(TorchFunctionMode):
     ``pyro.param``'s unconstrained value) enters torch operations detached, while every other tensor keeps
     its gradient path.  Running a guide under it on given values gives log q(z | x) with the guide's
     parameters stopped but its inputs live, whatever the guide is (several latent sites, transforms, an
-    ``nn.Module`` or ``pyro.param``s)."""
+    ``nn.Module`` or ``pyro.param``s).  Code that bypasses torch functions (a custom
+    ``torch.autograd.Function``, a TorchScript module) is not seen; :func:`score_guide` checks the result."""
 
     @staticmethod
-    def _stop(value):
-        return value.detach() if isinstance(value, torch.Tensor) and value.is_leaf and value.requires_grad \
-            else value
+    def _is_parameter(value) -> bool:
+        return isinstance(value, torch.Tensor) and value.is_leaf and value.requires_grad
+
+    def _stop(self, value):
+        return value.detach() if self._is_parameter(value) else value
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        if getattr(func, "__name__", None) == "__get__":       # reading an attribute (p.requires_grad, p.shape)
-            return func(*args, **(kwargs or {}))
-        return func(*tree_map(self._stop, args), **tree_map(self._stop, kwargs or {}))
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", None) == "__get__":
+            # an attribute: p.requires_grad and p.shape as they are, a tensor view (p.T, p.mT) stopped
+            out = func(*args, **kwargs)
+            return out.detach() if isinstance(out, torch.Tensor) and any(map(self._is_parameter, args)) else out
+        return func(*tree_map(self._stop, args), **tree_map(self._stop, kwargs))
 
 
 def latent_sites(trace: Trace):
@@ -154,16 +162,35 @@ def with_values(trace: Trace, values: Dict[str, torch.Tensor]) -> Trace:
     return new
 
 
-def rescore_guide(guide: Callable, values: Dict[str, torch.Tensor], trace: Trace, *args, num_particles: int,
-                  max_plate_nesting: int, stop_params: bool, **kwargs) -> Trace:
-    """The guide run again, vectorized as ``trace`` was, with its latent sites set to ``values``: each
-    site's distribution is recomputed from these values (a hierarchical guide's q(z2 | z1) from the given
-    z1), with every parameter stopped when ``stop_params`` (:class:`stopped_parameters`)."""
-    program = poutine.replay(vectorized(guide, num_particles, max_plate_nesting), trace=with_values(trace, values))
+def score_guide(guide: Callable, sampled: Trace, values: Dict[str, torch.Tensor], *args, num_particles: int,
+                max_plate_nesting: int, stop_params: bool, **kwargs) -> Trace:
+    """The guide's latent sites holding ``values`` (the sampled values, or copies or detached copies of
+    them), each with the distribution to score it under: the guide's parameters stopped when ``stop_params``,
+    its inputs (x, the upstream latents' values) live.
+
+    A guide with one latent site of a plain distribution (no transforms) is scored with the distribution that
+    drew the sample, detached when ``stop_params``: no second run, and the very q that drew z.  Any other guide
+    runs again, vectorized as ``sampled`` was, replaying ``values`` (q(z2 | z1) recomputed from the given z1),
+    under :class:`stopped_parameters` when ``stop_params``; while Pyro's validation is on (a trainer's first
+    step) the result is checked: the same densities as the sampling run, and no parameter reached other than
+    through ``values``.  ``sampled`` is the unpruned sampling trace (its subsample sites are replayed too).
+    """
+    pruned = prune_subsample_sites(sampled)
+    if _self_contained(pruned):
+        trace = with_values(pruned, values)
+        if stop_params:
+            for name in values:
+                trace.nodes[name]["fn"] = detach_distribution(trace.nodes[name]["fn"])
+        return trace
+    program = poutine.replay(vectorized(guide, num_particles, max_plate_nesting), trace=with_values(sampled, values))
     if stop_params:
         with stopped_parameters():
-            return prune_subsample_sites(poutine.trace(program).get_trace(*args, **kwargs))
-    return prune_subsample_sites(poutine.trace(program).get_trace(*args, **kwargs))
+            trace = prune_subsample_sites(poutine.trace(program).get_trace(*args, **kwargs))
+    else:
+        trace = prune_subsample_sites(poutine.trace(program).get_trace(*args, **kwargs))
+    if is_validation_enabled():
+        _check_rescore(pruned, trace, values if stop_params else None)
+    return trace
 
 
 def _data_frame(site, plate: str):
@@ -226,15 +253,8 @@ def importance_weights(model: Callable, guide: Callable, *args, num_particles: i
     score_trace = guide_trace
     if stop_guide_params:
         values = {name: value.clone() for name, value in values.items()}    # the uses: z, not its sampling path
-        if _self_contained(guide_trace):          # the same numbers as re-running the guide, without the run
-            score_trace = with_values(guide_trace, values)
-            for name in values:
-                score_trace.nodes[name]["fn"] = detach_distribution(score_trace.nodes[name]["fn"])
-        else:
-            score_trace = rescore_guide(guide, values, drawn, *args, num_particles=num_particles,
-                                        max_plate_nesting=max_plate_nesting, stop_params=True, **kwargs)
-            if is_validation_enabled():
-                _check_rescore(guide_trace, score_trace)
+        score_trace = score_guide(guide, drawn, values, *args, num_particles=num_particles,
+                                  max_plate_nesting=max_plate_nesting, stop_params=True, **kwargs)
     model_trace = prune_subsample_sites(poutine.trace(poutine.replay(
         vectorized(model, num_particles, max_plate_nesting), trace=with_values(drawn, values))).get_trace(
             *args, **kwargs))
@@ -250,6 +270,12 @@ def importance_weights(model: Callable, guide: Callable, *args, num_particles: i
                 raise ModelGuideContractError(
                     f"latent site {name!r} of the model is not sampled by the guide: importance weights need "
                     f"q for every latent (add it to the guide)")
+            if sign > 0 and not site["is_observed"] and \
+                    (_data_frame(site, plate) is None) != (_data_frame(guide_trace.nodes[name], plate) is None):
+                inside = "model" if _data_frame(site, plate) is not None else "guide"
+                raise ModelGuideContractError(
+                    f"latent site {name!r} is inside the data plate {plate!r} in the {inside} only: sample it in "
+                    f"the same plate in the model and the guide")
             terms.append((name, sign, masked_log_prob(site), site["scale"], _data_frame(site, plate)))
     frames = [frame for *_, frame in terms if frame is not None]
     if not frames:
@@ -272,7 +298,7 @@ def importance_weights(model: Callable, guide: Callable, *args, num_particles: i
         if sign < 0:
             guide_factors[name] = factor / common
     return ImportanceWeights(log_w, plate_scale * common, num_data, guide_trace, model_trace, max_plate_nesting,
-                             guide_factors, values, global_latent_sites(model_trace, plate))
+                             guide_factors, values, global_latent_sites(model_trace, plate), drawn)
 
 
 def detach_distribution(fn):
@@ -287,33 +313,62 @@ def detach_distribution(fn):
     return new
 
 
+_PLAIN = ("torch.distributions", "pyro.distributions", "pyro_vae.distributions")
+
+
 def _self_contained(guide_trace: Trace) -> bool:
     """Whether stopping the guide's parameters in log q is detaching its one latent site's distribution: with
-    no other latent site upstream, that distribution's tensors depend only on x and the parameters.  (Not for
-    a transformed distribution, whose transforms hold parameters outside its tensors.)"""
+    no other latent site upstream, the distribution's tensors depend only on x and the parameters.  Only for
+    torch's, Pyro's and pyro_vae's own distributions without transforms, which hold their parameters as tensors
+    (a flow keeps them in its transforms)."""
     sites = latent_sites(guide_trace)
     if len(sites) != 1:
         return False
     fn = sites[0][1]["fn"]
     while fn is not None:
-        if isinstance(fn, torch.distributions.TransformedDistribution):
+        if isinstance(fn, torch.distributions.TransformedDistribution) or not type(fn).__module__.startswith(_PLAIN):
             return False
         fn = getattr(fn, "base_dist", None)
     return True
 
 
-def _check_rescore(guide_trace: Trace, score_trace: Trace) -> None:
-    """The re-scored guide must give the densities the sampling run gave (checked while Pyro's validation
-    is on, e.g. on a trainer's first step): a guide that draws randomness outside its sample sites
-    (dropout in training mode) would be scored under another q than the one that drew z."""
-    with torch.no_grad():
-        for name, site in latent_sites(guide_trace):
-            drawn, again = masked_log_prob(site), masked_log_prob(score_trace.nodes[name])
-            if not torch.allclose(drawn, again, rtol=1e-5, atol=1e-5 * (1 + drawn.abs().max().item())):
-                raise ModelGuideContractError(
-                    f"re-running the guide on its own samples changed log q of site {name!r}: path-gradient "
-                    f"estimators (stl, dreg, piwae) need a guide that is a deterministic function of x and of "
-                    f"its sampled values (no dropout or other randomness outside sample sites in training mode)")
+def _reaches_a_parameter(tensors, through) -> bool:
+    """Whether the autograd graph of ``tensors`` reaches a leaf that requires grad other than through the
+    nodes ``through``."""
+    stack, seen = [t.grad_fn for t in tensors if t.grad_fn is not None], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen or node in through:
+            continue
+        seen.add(node)
+        if hasattr(node, "variable"):         # AccumulateGrad: a parameter
+            return True
+        stack.extend(n for n, _ in node.next_functions)
+    return False
+
+
+def _check_rescore(sampled: Trace, scored: Trace, stopped_values: Optional[Dict[str, torch.Tensor]]) -> None:
+    """A guide run again on its own samples must give the densities the sampling run gave (a guide that draws
+    randomness outside its sample sites, dropout in training mode, would score z under another q), and, with
+    its parameters stopped, reach no parameter other than through the values (a custom autograd Function or
+    a TorchScript module bypasses :class:`stopped_parameters`)."""
+    log_qs = []
+    for name, site in latent_sites(sampled):
+        again = masked_log_prob(scored.nodes[name])
+        log_qs.append(again)
+        drawn = masked_log_prob(site).detach()
+        if not torch.allclose(drawn, again.detach(), rtol=1e-5, atol=1e-5 * (1 + drawn.abs().max().item())):
+            raise ModelGuideContractError(
+                f"re-running the guide on its own samples changed log q of site {name!r}: the guide must be a "
+                f"deterministic function of x and of its sampled values (no dropout or other randomness outside "
+                f"sample sites in training mode) for the estimators that re-score it (stl, dreg, piwae)")
+    if stopped_values is not None:
+        through = {v.grad_fn for v in stopped_values.values() if v.grad_fn is not None}
+        if _reaches_a_parameter(log_qs, through):
+            raise ModelGuideContractError(
+                "log q with the guide's parameters stopped still reaches a parameter: part of the guide bypasses "
+                "torch functions (a custom torch.autograd.Function or a TorchScript module), which "
+                "stopped_parameters cannot see; use gradient='standard' for this guide")
 
 
 def log_weights(model: Callable, guide: Callable, *args, num_particles: int = 1, plate: str = "data",

@@ -21,11 +21,12 @@ from collections import OrderedDict
 from typing import Callable, Optional, Tuple
 
 import torch
-from pyro.infer import ELBO, Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
+from pyro.infer import (ELBO, JitTrace_ELBO, JitTraceEnum_ELBO, JitTraceGraph_ELBO, JitTraceMeanField_ELBO,
+                        Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO)
 
 from .importance import (ImportanceWeights, ModelGuideContractError, guess_max_plate_nesting,
                          importance_weights, latent_sites, masked_log_prob, per_datapoint_sum,
-                         rescore_guide)
+                         score_guide)
 
 OBJECTIVES = ("elbo", "meanfield", "iwae", "miwae", "ciwae", "piwae")
 
@@ -67,7 +68,9 @@ def build_objective(name: str, num_particles: int = 1, gradient: str = "standard
 # (N_total / B) times minus the sum of per-datapoint bounds.
 
 GRADIENTS = ("standard", "stl", "dreg")
-_ELBO_ESTIMATORS = (Trace_ELBO, TraceGraph_ELBO, TraceEnum_ELBO)   # TraceMeanField_ELBO is a Trace_ELBO
+# Pyro's estimators of the ELBO itself (exact types: a subclass such as TraceTailAdaptive_ELBO is another objective)
+_ELBO_ESTIMATORS = (Trace_ELBO, TraceMeanField_ELBO, TraceGraph_ELBO, TraceEnum_ELBO, JitTrace_ELBO,
+                    JitTraceMeanField_ELBO, JitTraceGraph_ELBO, JitTraceEnum_ELBO)
 
 
 def bound_name(objective: ELBO) -> str:
@@ -77,7 +80,7 @@ def bound_name(objective: ELBO) -> str:
     name = getattr(objective, "bound_name", None)
     if isinstance(name, str):
         return name
-    if isinstance(objective, _ELBO_ESTIMATORS):
+    if type(objective) in _ELBO_ESTIMATORS:
         return "ELBO"
     return f"{type(objective).__name__} bound"
 
@@ -195,7 +198,7 @@ def _reshape_for_site(weights: torch.Tensor, site, plate: str, max_plate_nesting
     frame = next((f for f in site["cond_indep_stack"] if f.name == plate), None)
     if frame is None:
         raise ModelGuideContractError(
-            f"DReG and PIWAE weight each datapoint's particles; latent site {site['name']!r} is outside the "
+            f"DReG weights each datapoint's particles; latent site {site['name']!r} is outside the "
             f"{plate!r} plate (a global latent): use gradient='standard' or 'stl'")
     shape = [1] * (max_plate_nesting + 1)
     shape[0] = weights.shape[0]
@@ -276,6 +279,10 @@ class MIWAE_ELBO(_ImportanceWeightedELBO):
     def _surrogate(self, iw):
         if self.gradient != "dreg":
             return None
+        if len({iw.guide_factors[name] for name in iw.values}) > 1:
+            raise ModelGuideContractError(
+                f"DReG needs the same factor on every guide site's log q, got {iw.guide_factors} (a per-site KL "
+                f"weight breaks the doubly reparameterized identity along z2 = f(z1)); use gradient='standard'")
         with torch.no_grad():
             w = torch.softmax(self._groups(iw.log_w), 1).reshape(iw.log_w.shape)      # [M*K, N], per group
         # guide: w~ on the loss below times ((1 - c) + c w~) at the uses of z, with c the factor a site's log q
@@ -348,10 +355,10 @@ class PIWAE_ELBO(MIWAE_ELBO):
     The guide's gradient is the standard reparameterized MIWAE gradient, split as the derivation does:
 
     * path term ``sum_mk (w~_mk / M) d log w_mk / dz dz/dphi`` (w~ normalized within group m), with log q's
-      parameters stopped: the IWAE loss's gradient at each use of z, ``w^_mk d log w_mk / dz`` (w^
-      normalized over all M K), is multiplied by ``(w~_mk / M) / w^_mk = exp(lse_all - lse_m) / M``;
-    * score term ``-sum_mk (w~_mk / M) d log q(z_mk) / dphi`` at fixed z (the guide run again on the
-      detached samples, so a hierarchical guide's q(z2 | z1) is scored at the fixed z1).
+      parameters stopped: the gradient reaching each use of z is replaced by dMIWAE/dz (one extra backward
+      pass through the model, to the sampled values only);
+    * score term ``-sum_mk (w~_mk / M) d log q(z_mk) / dphi`` at fixed z (a hierarchical guide's q(z2 | z1)
+      scored at the fixed z1).
 
     Any reparameterized guide works (several latent sites, transformed distributions); global latents do not
     (the weights are per data point).
@@ -379,12 +386,13 @@ class PIWAE_ELBO(MIWAE_ELBO):
             raise ModelGuideContractError("PIWAE_ELBO needs a guide whose samples depend on trainable parameters")
         log_w = iw.log_w                                                            # [M*K, N]
         model_loss = -iw.scale * self.per_datapoint_bound(log_w).sum()
+        miwae_loss = -iw.scale * super().per_datapoint_bound(log_w).sum()
+        uses = [value for value in iw.values.values() if value.requires_grad]
+        grads = torch.autograd.grad(miwae_loss, uses, retain_graph=True)
+        for value, grad in zip(uses, grads):
+            value.register_hook(lambda _, grad=grad: grad)                  # guide path: dMIWAE/dz at each use
         with torch.no_grad():
-            groups = self._groups(log_w)                                            # [M, K, N]
-            w = (torch.softmax(groups, 1) / self.num_outer).reshape(log_w.shape)     # w~ / M, [M*K, N]
-            ratio = (torch.logsumexp(log_w, 0) - torch.logsumexp(groups, 1)).exp() / self.num_outer   # [M, N]
-            ratio = ratio.unsqueeze(1).expand(groups.shape).reshape(log_w.shape)                     # [M*K, N]
-        _scale_use_gradients(iw, lambda name: ratio, self.plate)                    # path: IWAE -> MIWAE
+            w = torch.softmax(self._groups(log_w), 1).reshape(log_w.shape) / self.num_outer    # w~ / M
         log_q = _guide_log_density(guide, iw, args, kwargs, self.plate)             # [M*K, N], z fixed
         score_loss = iw.scale * (w * log_q).sum()
         return model_loss + (score_loss - score_loss.detach())
@@ -392,11 +400,11 @@ class PIWAE_ELBO(MIWAE_ELBO):
 
 def _guide_log_density(guide: Callable, iw: ImportanceWeights, args, kwargs, plate: str) -> torch.Tensor:
     """sum over guide sites of c log q(z | x) per particle and datapoint ``[P, N]`` at the drawn z held
-    fixed (the guide run again on the detached samples: gradient reaches its parameters only), with c the
+    fixed (gradient reaches the guide's parameters only; :func:`~pyro_vae.importance.score_guide`), with c the
     factor each site carries inside the weights (the KL warm-up beta, else 1)."""
     fixed = {name: value.detach() for name, value in iw.values.items()}
-    trace = rescore_guide(guide, fixed, iw.guide_trace, *args, num_particles=iw.log_w.shape[0],
-                          max_plate_nesting=iw.max_plate_nesting, stop_params=False, **kwargs)
+    trace = score_guide(guide, iw.sampled_trace, fixed, *args, num_particles=iw.log_w.shape[0],
+                        max_plate_nesting=iw.max_plate_nesting, stop_params=False, **kwargs)
     total = 0.0
     for name, site in latent_sites(trace):
         frame = next((f for f in site["cond_indep_stack"] if f.name == plate), None)

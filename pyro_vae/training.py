@@ -368,6 +368,14 @@ class TrainResult:
     out_dir: Path
     bound: str = "ELBO"     # e.g. "IWAE_5": what early stopping compared (pyro_vae.objectives.bound_name)
 
+    @property
+    def best_val_elbo(self) -> float:
+        """The old name of :attr:`best_val_bound` (which holds the objective's bound: the ELBO only when
+        ``bound == "ELBO"``)."""
+        warnings.warn("TrainResult.best_val_elbo is best_val_bound, the objective's bound named by "
+                      "TrainResult.bound; use those names", DeprecationWarning, stacklevel=2)
+        return self.best_val_bound
+
 
 class Trainer:
     """Trains any ``module`` with ``model(x, num_data=None)`` / ``guide(x, num_data=None)`` methods.

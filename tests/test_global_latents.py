@@ -227,3 +227,23 @@ def test_one_objective_reused_on_models_with_other_plates():
     pyro.set_rng_seed(7)
     fresh = IWAE_ELBO(6).loss(nested_model, nested_guide, x)
     assert second == pytest.approx(fresh, rel=1e-12)
+
+
+def test_programs_without_num_data_cannot_share_globals_over_batches(x):
+    """Without num_data a batch cannot tell its share of the global term: S = 1 in batches of 10 gave
+    -1.596 per point for -1.459 (the KL counted once per batch).  One batch is fine; more are refused."""
+    m = Conjugate(x)
+
+    def model(x):
+        m.model(x)
+
+    def guide(x):
+        m.guide(x)
+
+    one_batch = log_likelihood(model, guide, x, num_samples=1, batch_size=40)
+    assert float(one_batch.sum()) == pytest.approx(EXACT, abs=1e-3)
+    for estimate in (log_likelihood, evaluate):
+        with pytest.raises(ValueError, match=r"\['g'\] but its programs take no num_data"):
+            estimate(model, guide, x, num_samples=1, batch_size=10)
+    with pytest.raises(ValueError, match="take no num_data"):
+        mean_bound(Trace_ELBO(), model, guide, x, batch_size=10)

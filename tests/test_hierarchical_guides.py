@@ -326,3 +326,170 @@ def test_evaluation_runs_in_eval_mode_and_restores_the_mode(digits):
         b = estimate(without)
         assert torch.allclose(a, b, atol=1e-12)
         assert with_dropout.training and with_dropout.decoder[1].training     # restored
+
+
+# -- review findings on the change itself (each failed before its fix) --------------------------------------
+
+class MeanField(torch.nn.Module):
+    """z ~ N(0, 1), x | z ~ N(z, 0.05) per point, q(z) = N(loc, exp(log_s)); ``subsample_size`` subsamples
+    the plate at random (the model and guide must then see the same points); ``dropout`` in the guide."""
+
+    def __init__(self, dtype=F64, n=3, subsample_size=None, dropout=False):
+        super().__init__()
+        self.loc = torch.nn.Parameter(torch.zeros(n, dtype=dtype))
+        self.log_s = torch.nn.Parameter(torch.zeros(n, dtype=dtype))
+        self.dtype, self.n, self.subsample_size = dtype, n, subsample_size
+        self.drop = torch.nn.Dropout(0.5) if dropout else torch.nn.Identity()
+        self.x = torch.linspace(0.5, 2.0, n, dtype=dtype)
+
+    def model(self):
+        with pyro.plate("data", self.n, subsample_size=self.subsample_size) as idx:
+            z = pyro.sample("z", dist.Normal(torch.zeros(len(idx), dtype=self.dtype), 1.0))
+            pyro.sample("x", dist.Normal(z, 0.05), obs=self.x[idx])
+
+    def guide(self):
+        with pyro.plate("data", self.n, subsample_size=self.subsample_size) as idx:
+            pyro.sample("z", dist.Normal(self.drop(self.loc)[idx], self.log_s.exp()[idx]))
+
+
+@pytest.mark.parametrize("module", [MeanField(torch.float32), MeanField(F64), MeanField(n=20, subsample_size=5),
+                                    MeanField(dropout=True)], ids=["spread-f32", "spread-f64", "subsample", "dropout"])
+def test_piwae_guide_gradient_is_miwae_in_the_hard_cases(module):
+    """Weights hundreds of nats apart (a ratio of normalized weights over/underflowed to NaN), a randomly
+    subsampled plate (the score term was re-run on other points) and dropout in a one-site guide (the score
+    term drew another mask): PIWAE's guide gradient is still MIWAE's, and finite."""
+    grads = []
+    for objective in (PIWAE_ELBO(2, 4), MIWAE_ELBO(2, 4)):
+        pyro.set_rng_seed(1)
+        torch.manual_seed(1)
+        module.zero_grad()
+        objective.differentiable_loss(module.model, module.guide).backward()
+        grads.append(torch.cat([module.loc.grad, module.log_s.grad]))
+    assert torch.isfinite(grads[0]).all() and torch.allclose(grads[0], grads[1], rtol=1e-5, atol=1e-5), grads
+
+
+class WeightedTwoLayer(LinearTwoLayer):
+    """LinearTwoLayer with E[z2 | z1, x] written through a 1x1 parameter matrix W = [[1]] read as ``W.T`` (an
+    attribute view) or through a custom autograd Function (which no TorchFunctionMode sees)."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.W, self.how = torch.nn.Parameter(torch.ones(1, 1, dtype=F64)), how
+
+    def guide(self, x, num_data=None):
+        widen = self.log_widen.exp()
+        with pyro.plate("data", num_data or len(x), subsample=torch.arange(len(x))):
+            z1 = pyro.sample("z1", dist.Normal(self.v1 * (x / S2) / self.a2 + self.shift[0], widen[0] * self.v1 ** 0.5))
+            scaled = (z1.unsqueeze(-1) @ self.W.T).squeeze(-1) if self.how == "T" else _Times.apply(z1, self.W)
+            pyro.sample("z2", dist.Normal((scaled + x / S2) / self.a2 + self.shift[1], widen[1] / self.a2 ** 0.5))
+
+
+class _Times(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, z, w):
+        ctx.save_for_backward(z, w)
+        return z * w.reshape(())
+
+    @staticmethod
+    def backward(ctx, grad):
+        z, w = ctx.saved_tensors
+        return grad * w.reshape(()), (grad * z).sum().reshape(1, 1)
+
+
+def test_stopped_parameters_stop_attribute_views_and_name_what_they_cannot_see(x):
+    module = WeightedTwoLayer("T")                       # at the exact posterior: every path gradient is 0
+    for gradient in ("stl", "dreg"):
+        pyro.set_rng_seed(2)
+        module.zero_grad()
+        IWAE_ELBO(4, gradient).differentiable_loss(module.model, module.guide, x).backward()
+        assert module.W.grad.abs().max() < 1e-10, module.W.grad      # W.T leaked: -2.41
+    hidden = WeightedTwoLayer("function")
+    with pyro.validation_enabled(True), pytest.raises(ValueError, match="still reaches a parameter.*autograd.Function"):
+        IWAE_ELBO(4, "dreg").differentiable_loss(hidden.model, hidden.guide, x)
+
+
+class _Flow(dist.TorchDistribution):
+    """A distribution that keeps its parameters in a transform, as flow libraries do (z = T(eps))."""
+    arg_constraints, support, has_rsample = {}, dist.constraints.real, True
+
+    def __init__(self, transform, base):
+        self.transform, self.base = transform, base
+        super().__init__(base.batch_shape, base.event_shape, validate_args=False)
+
+    def expand(self, batch_shape, _instance=None):
+        return _Flow(self.transform, self.base.expand(batch_shape))
+
+    def rsample(self, sample_shape=torch.Size()):
+        return self.transform(self.base.rsample(sample_shape))
+
+    def log_prob(self, z):
+        eps = self.transform.inv(z)
+        return self.base.log_prob(eps) - self.transform.log_abs_det_jacobian(eps, z)
+
+
+@pytest.mark.parametrize("gradient", ["stl", "dreg"])
+def test_a_one_site_guide_of_a_foreign_distribution_is_run_again(gradient, x):
+    """Detaching a distribution's tensors stops a flow's parameters only if it holds them as tensors: a
+    distribution from outside torch/Pyro/pyro_vae is re-scored by running the guide again."""
+    class FlowPosterior(AffinePosterior):
+        def guide(self, x, num_data=None):
+            with pyro.plate("data", num_data or len(x), subsample=torch.arange(len(x))):
+                t = dist.transforms.AffineTransform(0.8 * x + self.shift, 0.2 ** 0.5 * self.log_widen.exp())
+                pyro.sample("z", _Flow(t, dist.Normal(torch.zeros(len(x), dtype=F64), 1.0)))
+
+    module = FlowPosterior()
+    pyro.set_rng_seed(0)
+    IWAE_ELBO(4, gradient).differentiable_loss(module.model, module.guide, x).backward()
+    assert max(module.shift.grad.abs(), module.log_widen.grad.abs()) < 1e-10       # was (-4.63, 0.48)
+
+
+def test_dreg_refuses_different_factors_on_dependent_guide_sites(x):
+    """A per-site KL weight (z1 at 1, z2 at 0.2) breaks DReG's identity along z2 = f(z1): it was biased
+    (z-scores 56 and 8 against the standard gradient), so it is refused."""
+    module = LinearTwoLayer(shift=0.4)
+    scales = {"z1": 1.0, "z2": 0.2}
+
+    class PerSite(pyro.poutine.messenger.Messenger):
+        def _process_message(self, msg):
+            if msg["name"] in scales:
+                msg["scale"] = scales[msg["name"]] * msg["scale"]
+
+    model, guide = PerSite()(module.model), PerSite()(module.guide)
+    with pytest.raises(ValueError, match="DReG needs the same factor on every guide site"):
+        IWAE_ELBO(4, "dreg").differentiable_loss(model, guide, x)
+    assert torch.isfinite(IWAE_ELBO(4).differentiable_loss(model, guide, x))
+
+
+def test_a_guide_latent_outside_the_plate_the_model_puts_it_in_is_refused(x):
+    """Each point's weight would carry 1/N of every point's log q: an "IWAE_100 bound" above log p(x)."""
+    module = AffinePosterior()
+
+    def unplated_guide(x, num_data=None):
+        pyro.sample("z", dist.Normal(0.8 * x, 0.2 ** 0.5).to_event(1))
+
+    with pytest.raises(ValueError, match="'z' is inside the data plate 'data' in the model only"):
+        log_likelihood(module.model, unplated_guide, x, num_samples=10)
+
+
+def test_programs_with_only_kwargs_are_not_scaled_and_a_shard_can_name_its_set():
+    """A program taking **kwargs need not size its plate by num_data: mean_bound no longer scales its batches
+    by B/N (batches of 10 gave a tenth of the bound).  And log_likelihood(..., num_data=) evaluates a shard."""
+    from pyro.infer import Trace_ELBO
+    from pyro_vae.evaluation import mean_bound
+    module = AffinePosterior()
+    x = torch.randn(100, generator=torch.Generator().manual_seed(3), dtype=F64)
+
+    def model(x, **kwargs):
+        module.model(x)
+
+    def guide(x, **kwargs):
+        module.guide(x)
+
+    elbo = Trace_ELBO(num_particles=500, vectorize_particles=True)
+    pyro.set_rng_seed(0)
+    full = mean_bound(elbo, model, guide, x, batch_size=100)
+    pyro.set_rng_seed(0)
+    assert mean_bound(elbo, model, guide, x, batch_size=10) == pytest.approx(full, abs=0.01)
+    shard = log_likelihood(module.model, module.guide, x[:10], num_samples=3, num_data=100)
+    exact = dist.Normal(torch.zeros(10, dtype=F64), 1.25 ** 0.5).log_prob(x[:10])       # exact guide: exact
+    assert torch.allclose(shard, exact, atol=1e-10)

@@ -680,3 +680,9 @@ def test_checking_the_model_contract_draws_from_a_forked_stream():
     before = torch.get_rng_state()
     check_model(vae, x, num_data=100)
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_the_old_result_name_still_reads_with_a_warning(tmp_path, digits):
+    result = run(tiny(tmp_path / "run", epochs=1), digits)
+    with pytest.warns(DeprecationWarning, match="best_val_bound"):
+        assert result.best_val_elbo == result.best_val_bound
