@@ -15,6 +15,7 @@ from typing import List, Optional
 import numpy as np
 import torch
 
+from .config import load_config_file
 from .contract import uses_labels
 from .data import BINARIZE_MODES, DataError, DATASETS, load_dataset
 from .likelihoods import LIKELIHOODS, SIGMA_MODES
@@ -151,6 +152,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size,
                    help="batch size for validation and test bounds (default: %(default)s)")
     g = p.add_argument_group("run")
+    g.add_argument("--config", default=None, metavar="FILE",
+                   help="read the settings from a .toml or .json file (sections [data] [model] [objective] [optim] "
+                        "[run], or flat as in a run's config.json); flags typed on the command line override it")
     g.add_argument("--seed", type=int, default=d.seed, help="seed for weights, splits and sampling (default: %(default)s)")
     g.add_argument("--device", default=d.device, help="cpu, cuda or auto (default: %(default)s)")
     g.add_argument("--devices", type=int, default=d.devices, metavar="N",
@@ -169,19 +173,24 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace, explicit: Optional[set] = None) -> TrainConfig:
     """The :class:`TrainConfig` whose fields are the parsed flags of the same names.
 
-    With ``--resume``, the run's saved config is the starting point and only the flags typed on the
-    command line (``explicit``) change it, so ``pyro-vae train --out DIR --resume --epochs 80`` works.
+    With ``--resume``, the run's saved config is the starting point, then ``--config FILE``'s settings, and
+    only the flags typed on the command line (``explicit``) change them, so ``pyro-vae train --out DIR --resume
+    --epochs 80`` and ``pyro-vae train --config run.toml --seed 1`` work.
     """
     names = [f.name for f in dataclasses.fields(TrainConfig)]
     values = {name: getattr(args, name) for name in names}
+    base = DEFAULTS.to_dict()
+    config_file = getattr(args, "config", None)
     if args.resume:
         path = Path(args.out) / CHECKPOINT
         if not path.exists():
             raise FileNotFoundError(f"--resume given but there is no checkpoint at {path}")
-        saved = load_checkpoint(path)["config"]
+        base.update(load_checkpoint(path)["config"])
+    if config_file:
+        base.update(load_config_file(config_file))
+    if args.resume or config_file:
         explicit = set(names) if explicit is None else explicit
-        values = {name: (values[name] if name in explicit else saved.get(name, getattr(DEFAULTS, name)))
-                  for name in names}
+        values = {name: (values[name] if name in explicit else base[name]) for name in names}
     return TrainConfig.from_dict(values)
 
 

@@ -45,7 +45,8 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .contract import build_user_model, check_model, slice_data, state_preserved, uses_labels
-from .data import BINARIZE_MODES, Dataset, load_dataset
+from .config import LR_SCHEDULES, RESUMABLE_CHANGES, TrainConfig
+from .data import Dataset, load_dataset
 from .evaluation import total_bound
 from .objectives import bound_name, build_objective
 from .vae import VAE, build_vae
@@ -55,109 +56,6 @@ BEST = "best.pt"
 METRICS = "metrics.jsonl"
 CONFIG = "config.json"
 SUMMARY = "summary.json"
-LR_SCHEDULES = ("none", "exponential", "cosine")
-# Changing these between a run and its --resume cannot corrupt the saved state.
-RESUMABLE_CHANGES = ("epochs", "patience", "out", "device", "data_dir", "download", "eval_batch_size", "clip_norm",
-                     "devices")
-
-
-@dataclasses.dataclass
-class TrainConfig:
-    """Everything a training run depends on.  The CLI flags map one to one onto these fields."""
-
-    # data
-    dataset: str = "digits"          # embedded default: scikit-learn's 8x8 digits, works offline
-    data_dir: Optional[str] = None
-    download: bool = False           # opt-in: never touch the network unless asked
-    binarize: str = "auto"           # auto: dynamic for the Bernoulli likelihood (binary data, resampled
-                                     # every epoch), none for the others and for already-binary data
-    valid_size: Optional[int] = None  # None: the data set's default hold-out size
-    # model
-    model: Optional[str] = None      # "package.module:Class": a user model (pyro_vae.contract); None: our VAE
-    model_args: Dict[str, Any] = dataclasses.field(default_factory=dict)   # extra keyword arguments of the factory
-    network: str = "mlp"
-    hidden: Tuple[int, ...] = (256, 256)  # digits are 64-dim: two 256-unit layers train in seconds
-    channels: Tuple[int, ...] = (32, 64)  # conv network only
-    latent_dim: int = 8
-    activation: str = "relu"
-    likelihood: str = "bernoulli"
-    sigma: float = 0.1               # gaussian likelihood: fixed sigma, or initial value if learned
-    learn_sigma: str = "fixed"       # fixed | global | pixel
-    prior: str = "standard"          # standard | mog | vamp
-    prior_components: int = 10       # C mixture components (mog) or K pseudo-inputs (vamp; 500 in the paper)
-    vamp_init: str = "data"          # vamp: pseudo-inputs start as random training points (data) or near 0.5 (random)
-    # objective and optimisation
-    loss: str = "elbo"               # elbo | meanfield | iwae | miwae | ciwae | piwae (pyro_vae.objectives)
-    num_particles: int = 1           # K: samples of z per data point (per group for miwae/piwae)
-    gradient: str = "standard"       # iwae/miwae guide gradient: standard | stl | dreg
-    num_outer: int = 1               # M: groups of K particles for miwae/piwae
-    ciwae_beta: float = 0.5          # ciwae: weight of the ELBO term
-    epochs: int = 300               # digits: ~1 minute on 2 CPU cores; early stopping usually ends it sooner
-    batch_size: int = 100
-    lr: float = 1e-3                 # Adam's usual default; stable for every likelihood here
-    lr_schedule: str = "none"        # none | exponential (x lr_gamma per epoch) | cosine (to 0 at `epochs`)
-    lr_gamma: float = 0.99
-    clip_norm: float = 0.0           # global gradient-norm clipping; 0 disables it
-    warmup_epochs: float = 0.0       # KL warm-up length; 0 disables it
-    patience: int = 20               # early stopping after this many epochs without a better val bound; 0 disables it
-    eval_batch_size: int = 1000
-    seed: int = 0
-    device: str = "cpu"              # cpu | cuda | auto
-    devices: int = 1                 # data-parallel processes (pyro_vae.distributed): gloo on CPU, nccl on GPUs
-    out: str = "runs/default"
-
-    def __post_init__(self):
-        self.hidden = tuple(int(h) for h in self.hidden)
-        self.model_args = dict(self.model_args or {})
-        self.channels = tuple(int(c) for c in self.channels)
-        problems = []
-        for name in ("epochs", "batch_size", "latent_dim", "num_particles", "num_outer", "eval_batch_size",
-                     "prior_components", "devices"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.batch_size < self.devices:
-            problems.append(f"batch_size ({self.batch_size}) must be >= devices ({self.devices}): every process "
-                            f"trains on its share of each batch")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            problems.append(f"lr must be a finite number > 0, got {self.lr}")
-        if not 0 < self.lr_gamma <= 1:
-            problems.append(f"lr_gamma must be in (0, 1], got {self.lr_gamma}")
-        for name in ("clip_norm", "warmup_epochs", "patience"):
-            value = getattr(self, name)
-            if not (value >= 0 and math.isfinite(value)):
-                problems.append(f"{name} must be a finite number >= 0, got {value}")
-        if self.vamp_init not in ("data", "random"):
-            problems.append(f"vamp_init must be data or random, got {self.vamp_init!r}")
-        if self.binarize not in ("auto",) + BINARIZE_MODES:
-            problems.append(f"binarize must be auto or one of {BINARIZE_MODES}, got {self.binarize!r}")
-        if not self.hidden or min(self.hidden) < 1:
-            problems.append(f"hidden must be one or more positive layer sizes, got {self.hidden}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            problems.append(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
-            problems.append(f"device must be cpu, cuda or auto, got {self.device!r}")
-        if problems:
-            raise ValueError("invalid training config: " + "; ".join(problems))
-
-    def resolved_binarize(self) -> str:
-        """The binarization mode ``auto`` stands for with this likelihood and data set."""
-        if self.binarize != "auto":
-            return self.binarize
-        return "dynamic" if self.likelihood == "bernoulli" and self.dataset != "binarized-mnist" else "none"
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, values: Dict[str, Any]) -> "TrainConfig":
-        """Build a config, rejecting unknown keys (a typo must not be silently ignored)."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown config keys {unknown}; known keys: {sorted(known)}")
-        return cls(**values)
-
-
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 

@@ -324,3 +324,41 @@ def test_evaluate_prints_the_headline_and_writes_per_datapoint_json(trained_run,
 def test_evaluate_refuses_the_dynamically_binarized_train_split(trained_run, capsys):
     assert main(["evaluate", str(trained_run), "--split", "train", "--num-samples", "2"]) == 1
     assert "dynamic binarization" in capsys.readouterr().err
+
+
+# -- a run given as a file -----------------------------------------------------------------------------
+
+def test_config_file_in_sections_with_flags_overriding_it(tmp_path):
+    (tmp_path / "run.toml").write_text('[data]\ndataset = "digits"\nbinarize = "static"\n'
+                                       '[model]\nhidden = [32, 16]\nlatent_dim = 3\nmodel_args = {}\n'
+                                       '[objective]\nloss = "iwae"\nnum_particles = 4\n'
+                                       '[optim]\nepochs = 7\nlr = 0.002\n[run]\nseed = 5\n')
+    argv = ["train", "--config", str(tmp_path / "run.toml"), "--seed", "9", "--out", str(tmp_path / "out")]
+    config = config_from_args(build_parser().parse_args(argv), _explicit(argv))
+    assert (config.binarize, config.hidden, config.latent_dim, config.loss, config.num_particles) == \
+        ("static", (32, 16), 3, "iwae", 4)
+    assert (config.epochs, config.lr, config.seed, config.batch_size) == (7, 0.002, 9, TrainConfig().batch_size)
+
+
+def test_a_runs_config_json_is_a_valid_config_file(trained_run, tmp_path):
+    saved = json.loads((trained_run / "config.json").read_text())
+    argv = ["train", "--config", str(trained_run / "config.json")]
+    config = config_from_args(build_parser().parse_args(argv), _explicit(argv))
+    assert config.to_dict() == saved
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[optim]\nepoch = 3\n", r"unknown key 'epoch' in \[optim\]"),
+    ("[model]\nlr = 0.1\n", r"unknown key 'lr' in \[model\] \(it belongs in \[optim\]\)"),
+    ("[training]\nepochs = 3\n", "unknown key 'training'"),
+    ("epochs = [\n", "not a readable config file"),
+])
+def test_bad_config_files_are_named(tmp_path, capsys, text, message):
+    (tmp_path / "bad.toml").write_text(text)
+    assert main(["train", "--config", str(tmp_path / "bad.toml"), "--out", str(tmp_path / "out")]) == 1
+    assert re.search(message, capsys.readouterr().err)
+
+
+def _explicit(argv):
+    from pyro_vae.cli import _explicit_train_flags
+    return _explicit_train_flags(argv)
