@@ -24,10 +24,8 @@ non-finite loss stops training with :class:`TrainingDiverged`, keeping the last 
 import dataclasses
 import json
 import math
-import os
 import random
 import signal
-import tempfile
 import threading
 import time
 import warnings
@@ -45,17 +43,14 @@ from tqdm.auto import tqdm
 
 from . import distributed
 from .contract import build_user_model, check_model, slice_data, state_preserved, uses_labels
+from .checkpoint import (BEST, CHECKPOINT, CONFIG, FORMAT, METRICS, SUMMARY, atomic_save, atomic_write_text,
+                         load_checkpoint, migrate_history)
 from .config import LR_SCHEDULES, RESUMABLE_CHANGES, TrainConfig
 from .data import Dataset, load_dataset
 from .evaluation import total_bound
 from .objectives import bound_name, build_objective
 from .vae import VAE, build_vae
 
-CHECKPOINT = "checkpoint.pt"
-BEST = "best.pt"
-METRICS = "metrics.jsonl"
-CONFIG = "config.json"
-SUMMARY = "summary.json"
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
@@ -77,65 +72,6 @@ class LatentScaleMessenger(Messenger):
     def _process_message(self, msg):
         if msg["type"] == "sample" and not msg["is_observed"]:
             msg["scale"] = self.scale * msg["scale"]
-
-
-# -- checkpoints ---------------------------------------------------------------------------------------
-
-def atomic_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file in the same folder, fsync, then rename: a reader (or a
-    crash at any moment) sees either the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_write_text(text: str, path: Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path, map_location: str = "cpu") -> Dict[str, Any]:
-    """Read a checkpoint written by :func:`train`, with a clear error if it is missing or unreadable."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / BEST
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path} (train writes OUT/{CHECKPOINT} and OUT/{BEST})")
-    try:
-        # weights_only: a checkpoint is data; loading one must never run code pickled into it
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means the same thing to the user
-        raise ValueError(f"{path} is not a readable pyro_vae checkpoint: {e}") from e
-    if not isinstance(ckpt, dict) or "model_state" not in ckpt:
-        raise ValueError(f"{path} is not a pyro_vae checkpoint (no model_state)")
-    return ckpt
-
-
-def migrate_history(rows: List[Dict[str, Any]], bound: str) -> List[Dict[str, Any]]:
-    """History rows as this version writes them (``val_bound``, ``val_bound_name``, ``val_elbo``).  Runs made
-    before the bounds were named stored the objective's bound ``bound`` under ``val_elbo``; it moves to
-    ``val_bound``, and ``val_elbo`` stays only where that bound was the ELBO."""
-    migrated = []
-    for row in rows:
-        row = dict(row)
-        if "val_bound" not in row and "val_elbo" in row:
-            row["val_bound"], row["val_bound_name"] = row.pop("val_elbo"), bound
-            if bound == "ELBO":
-                row["val_elbo"] = row["val_bound"]
-        migrated.append(row)
-    return migrated
 
 
 def config_bound_name(config: "TrainConfig") -> str:
@@ -392,7 +328,7 @@ class Trainer:
 
     def state_dict(self) -> Dict[str, Any]:
         return {
-            "format": "pyro_vae.checkpoint.v1",
+            "format": FORMAT,
             "pyro_vae_version": __import__("pyro_vae").__version__,
             "config": self.config.to_dict(),
             "model_state": self.module.state_dict(),
@@ -434,7 +370,7 @@ class Trainer:
     def _save_best(self) -> None:
         if self.rank != 0:
             return
-        atomic_save({"config": self.config.to_dict(), "model_state": self.module.state_dict(),
+        atomic_save({"format": FORMAT, "config": self.config.to_dict(), "model_state": self.module.state_dict(),
                      "epoch": self.epoch, "val_bound": self.best_val_bound, "bound": self.bound_name,
                      **self.checkpoint_extra},
                     self.out_dir / BEST)
@@ -442,7 +378,7 @@ class Trainer:
     def _write_metrics(self) -> None:
         if self.rank != 0:
             return
-        _atomic_write_text("".join(json.dumps(row) + "\n" for row in self.history), self.out_dir / METRICS)
+        atomic_write_text("".join(json.dumps(row) + "\n" for row in self.history), self.out_dir / METRICS)
 
     # -- running --------------------------------------------------------------------------------
 
@@ -771,7 +707,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         trainer.load_state_dict(ckpt)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(json.dumps(config.to_dict(), indent=2) + "\n", out / CONFIG)
+        atomic_write_text(json.dumps(config.to_dict(), indent=2) + "\n", out / CONFIG)
     try:
         stop_reason = trainer.fit()
     finally:
@@ -792,7 +728,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
                    "stop_reason": stop_reason, "num_train": trainer.num_train,
                    "seconds": sum(r["seconds"] for r in trainer.history)}
         if rank == 0:
-            _atomic_write_text(json.dumps(summary, indent=2) + "\n", out / SUMMARY)
+            atomic_write_text(json.dumps(summary, indent=2) + "\n", out / SUMMARY)
         if figures and rank == 0:
             from .plots import plot_training_curves, write_run_figures
             try:

@@ -1,0 +1,110 @@
+"""A run folder's files and the checkpoint format: one writer (:func:`atomic_save`), one reader
+(:func:`load_checkpoint`), and the migration of older checkpoints.
+
+A checkpoint is a dict of tensors and plain values (``torch.save``), so it loads with ``weights_only=True``:
+loading one never runs code pickled into it.  ``checkpoint.pt`` (the full training state, every epoch and on a
+stop) carries ``format = FORMAT``; ``best.pt`` holds the model with the best validation bound.  Every way a
+file can fail to load gets its own message, never torch's wording: not a file ``torch.save`` wrote (a
+``metrics.jsonl`` passed by mistake), a truncated or damaged one, one holding Python objects that loading
+would execute, one written by a newer pyro_vae.
+"""
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Dict, List
+
+import torch
+
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
+METRICS = "metrics.jsonl"
+CONFIG = "config.json"
+SUMMARY = "summary.json"
+FORMAT = "pyro_vae.checkpoint.v1"
+_FORMAT_PREFIX = "pyro_vae.checkpoint.v"
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file in the same folder, fsync, then rename: a reader (or a
+    crash at any moment) sees either the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(text: str, path: Path) -> None:
+    """Write a text file (metrics, config, summary) by renaming a finished temporary file over it."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _why_unreadable(path: Path, error: Exception) -> str:
+    with open(path, "rb") as f:
+        head = f.read(2)
+    if head != b"PK" and head[:1] != b"\x80":                  # neither torch's zip format nor a legacy pickle
+        return "it is not a file torch.save wrote (a checkpoint is checkpoint.pt or best.pt in a run folder)"
+    if head == b"PK" and not zipfile.is_zipfile(path):
+        return "it is truncated or damaged (an interrupted copy?); the run folder's other checkpoint may load"
+    if "weights only" in str(error).lower() or "weights_only" in str(error):
+        return ("it holds Python objects beyond tensors and plain values, which loading would execute; refusing "
+                "(pyro_vae never writes such a file: load it with torch.load only if you trust its origin)")
+    return "it is damaged (torch could not read it)"
+
+
+def load_checkpoint(path, map_location: str = "cpu") -> Dict[str, Any]:
+    """Read a checkpoint file (or a run folder: its ``best.pt``), with a clear error for each way it can fail."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / BEST
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path} (train writes OUT/{CHECKPOINT} and OUT/{BEST})")
+    try:
+        # weights_only: a checkpoint is data; loading one must never run code pickled into it
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch's many failures, each told apart by _why_unreadable
+        raise ValueError(f"{path} is not a readable pyro_vae checkpoint: {_why_unreadable(path, e)}") from None
+    if not isinstance(ckpt, dict) or "model_state" not in ckpt:
+        raise ValueError(f"{path} is not a pyro_vae checkpoint (no model_state: a torch file of something else)")
+    written = ckpt.get("format", FORMAT)
+    if isinstance(written, str) and written.startswith(_FORMAT_PREFIX) and written != FORMAT:
+        try:
+            newer = int(written[len(_FORMAT_PREFIX):]) > int(FORMAT[len(_FORMAT_PREFIX):])
+        except ValueError:
+            newer = True
+        if newer:
+            raise ValueError(f"{path} was written by a newer pyro_vae (format {written!r}; this version, "
+                             f"{_version()}, reads {FORMAT!r}): upgrade pyro_vae to load it")
+    return ckpt
+
+
+def _version() -> str:
+    from . import __version__
+    return __version__
+
+
+def migrate_history(rows: List[Dict[str, Any]], bound: str) -> List[Dict[str, Any]]:
+    """History rows as this version writes them (``val_bound``, ``val_bound_name``, ``val_elbo``).  Runs made
+    before the bounds were named stored the objective's bound ``bound`` under ``val_elbo``; it moves to
+    ``val_bound``, and ``val_elbo`` stays only where that bound was the ELBO."""
+    migrated = []
+    for row in rows:
+        row = dict(row)
+        if "val_bound" not in row and "val_elbo" in row:
+            row["val_bound"], row["val_bound_name"] = row.pop("val_elbo"), bound
+            if bound == "ELBO":
+                row["val_elbo"] = row["val_bound"]
+        migrated.append(row)
+    return migrated
