@@ -6,13 +6,18 @@ loading one never runs code pickled into it.  ``checkpoint.pt`` (the full traini
 stop) carries ``format = FORMAT``; ``best.pt`` holds the model with the best validation bound.  Every way a
 file can fail to load gets its own message, never torch's wording: not a file ``torch.save`` wrote (a
 ``metrics.jsonl`` passed by mistake), a truncated or damaged one, one holding Python objects that loading
-would execute, one written by a newer pyro_vae.
+would execute, one written by a newer pyro_vae.  :func:`run_lock` keeps one writer per run folder.
 """
+import contextlib
+import json
 import os
+import socket
 import tempfile
+import time
+import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List
 
 import torch
 
@@ -108,3 +113,62 @@ def migrate_history(rows: List[Dict[str, Any]], bound: str) -> List[Dict[str, An
                 row["val_elbo"] = row["val_bound"]
         migrated.append(row)
     return migrated
+
+
+LOCK = ".lock"
+
+
+class RunFolderLocked(FileExistsError):
+    """Another live process is writing this run folder."""
+
+
+def _holder(path: Path) -> Dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _alive(holder: Dict[str, Any]) -> bool:
+    """Whether the process that wrote a lock still runs (on another machine we cannot tell: assume it does)."""
+    if holder.get("host") != socket.gethostname():
+        return bool(holder)
+    try:
+        os.kill(int(holder["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (KeyError, ValueError, TypeError, OSError):
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def run_lock(out) -> Iterator[None]:
+    """Hold ``OUT/.lock`` (this process's PID and host) while training writes the folder: a second
+    ``train --out OUT`` meanwhile is refused with :class:`RunFolderLocked` naming the other process; a lock
+    left by a run that was killed (its PID is gone) is taken over, with a warning."""
+    path = Path(out) / LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            break
+        except FileExistsError:
+            holder = _holder(path)
+            if _alive(holder):
+                raise RunFolderLocked(
+                    f"{out} is being written by another pyro-vae process (PID {holder.get('pid')} on "
+                    f"{holder.get('host')}, started {holder.get('started')}): wait for it to finish or stop it "
+                    f"(Ctrl-C saves a checkpoint), then --resume; if that process is gone, delete {path}") from None
+            warnings.warn(f"taking over the lock of a run in {out} that is gone (PID {holder.get('pid')})")
+            path.unlink(missing_ok=True)
+    with os.fdopen(fd, "w") as f:
+        json.dump(me, f)
+    try:
+        yield
+    finally:
+        if _holder(path).get("pid") == me["pid"]:
+            path.unlink(missing_ok=True)

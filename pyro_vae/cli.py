@@ -15,16 +15,16 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from .config import load_config_file
+from .config import LR_SCHEDULES, TrainConfig, load_config_file
 from .contract import uses_labels
 from .data import BINARIZE_MODES, DataError, DATASETS, load_dataset
 from .likelihoods import LIKELIHOODS, SIGMA_MODES
 from .networks import ACTIVATIONS, NETWORKS
 from .objectives import GRADIENTS, OBJECTIVES
 from .priors import PRIORS
-from .training import (CHECKPOINT, LR_SCHEDULES, SUMMARY, TrainConfig, TrainingDiverged, load_checkpoint,
-                       resolve_device,
-                       load_vae, train)
+from .signals import exit_code, say
+from .checkpoint import CHECKPOINT, SUMMARY, load_checkpoint
+from .training import TrainingDiverged, load_vae, resolve_device, train
 
 DEFAULTS = TrainConfig()
 
@@ -208,13 +208,16 @@ def _cmd_train(args, argv) -> int:
     config = config_from_args(args, _explicit_train_flags(argv))
     result = train(config, resume=args.resume, progress=not args.no_progress, figures=not args.no_figures)
     if result.stop_reason == "interrupted":
-        print(f"Interrupted; checkpoint saved in {result.out_dir}. Continue with: "
-              f"pyro-vae train --out {result.out_dir} --resume")
-        return 130
+        say(f"Interrupted; checkpoint saved in {result.out_dir}. Continue with: "
+            f"pyro-vae train --out {result.out_dir} --resume", sys.stdout)
+        return exit_code(result.stop_signal)
     summary = json.loads((result.out_dir / SUMMARY).read_text())
-    print(train_summary_line(summary))
+    if result.already_finished:
+        say(f"{result.out_dir} already finished ({summary['stop_reason']} after epoch {summary['epochs_run']}): "
+            f"nothing to train and nothing rewritten (raise --epochs or --patience to continue it)", sys.stdout)
+    say(train_summary_line(summary), sys.stdout)
     written = sorted(p.name for p in result.out_dir.iterdir() if p.suffix in (".pt", ".json", ".jsonl", ".png"))
-    print(f"wrote {result.out_dir}/: {', '.join(written)}")
+    say(f"wrote {result.out_dir}/: {', '.join(written)}", sys.stdout)
     return 0
 
 

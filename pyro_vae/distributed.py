@@ -35,13 +35,14 @@ import os
 import pickle
 import signal
 import socket
-import sys
 import threading
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from .signals import STOP_SIGNALS, say
 
 
 @dataclasses.dataclass
@@ -208,11 +209,11 @@ def launch(config, resume: bool = False, progress: bool = True, data=None, on_st
             raise KeyboardInterrupt
         interrupts.append(signum)
         stop_event.set()
-        print(f"Interrupt received: the {world} training processes save a checkpoint after the current step "
-              f"(Ctrl-C again to abort).", file=sys.stderr, flush=True)
+        say(f"{signal.Signals(signum).name} received: the {world} training processes save a checkpoint after the "
+            f"current step (again to abort).")
 
-    previous = signal.signal(signal.SIGINT, on_sigint) if threading.current_thread() is threading.main_thread() \
-        else None
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, on_sigint) for s in STOP_SIGNALS} if main_thread else {}
     failure = None
     spawn_log = logging.getLogger("torch.multiprocessing.spawn")
     level = spawn_log.level
@@ -231,8 +232,8 @@ def launch(config, resume: bool = False, progress: bool = True, data=None, on_st
         raise
     finally:
         spawn_log.setLevel(level)
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     messages = []
     while not results.empty():
         messages.append(results.get())
@@ -245,7 +246,7 @@ def launch(config, resume: bool = False, progress: bool = True, data=None, on_st
         if interrupts:
             raise KeyboardInterrupt
         raise RuntimeError(f"the {world} training processes exited without reporting a result")
-    return _read_result(config, done[0][2])
+    return _read_result(config, done[0][2], interrupts[0] if interrupts else None)
 
 
 def _to_arrays(data):
@@ -265,7 +266,7 @@ def _from_arrays(fields):
     return Dataset(**{k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in fields.items()})
 
 
-def _read_result(config, stop_reason: str):
+def _read_result(config, stop_reason: str, stop_signal=None):
     from .training import (BEST, CHECKPOINT, TrainResult, config_bound_name, load_checkpoint, load_vae,
                            resolve_device)
     from pathlib import Path
@@ -274,7 +275,7 @@ def _read_result(config, stop_reason: str):
     device = resolve_device(config.device)
     model, _ = load_vae(out / BEST if (out / BEST).exists() else out / CHECKPOINT, map_location=str(device))
     return TrainResult(model.to(device), list(ckpt["history"]), ckpt["best_epoch"], ckpt["best_val_bound"],
-                       stop_reason, out, config_bound_name(config))
+                       stop_reason, out, config_bound_name(config), stop_signal)
 
 
 def _describe(error: BaseException) -> Tuple[str, str, str]:
@@ -306,8 +307,9 @@ def _worker_error(messages: List[tuple], failure: Exception) -> Exception:
 
 
 def _on_worker_sigint(parent_pid: int):
-    """Ctrl-C in a terminal reaches every process; the launcher relays it as a stop request, so a worker
-    ignores it, unless its parent is gone (torch's spawn sends SIGINT to orphans): then it exits."""
+    """Ctrl-C in a terminal (or a scheduler's SIGTERM to the job's processes) reaches every process; the launcher
+    relays it as a stop request, so a worker ignores it, unless its parent is gone (torch's spawn sends SIGINT to
+    orphans): then it exits."""
     def handler(signum, frame):
         if os.getppid() != parent_pid:
             raise KeyboardInterrupt
@@ -319,7 +321,8 @@ def _train_worker(rank: int, world: int, port: int, parent_pid: int, config, res
     """One training process: join the process group, run :func:`~pyro_vae.training.train`, report to the
     launcher (rank 0: the stop reason; any rank: its error)."""
     global _WORKER
-    signal.signal(signal.SIGINT, _on_worker_sigint(parent_pid))
+    for s in STOP_SIGNALS:
+        signal.signal(s, _on_worker_sigint(parent_pid))
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
     if not os.environ.get("OMP_NUM_THREADS"):   # N processes must not oversubscribe the cores (unless told)
         torch.set_num_threads(max(1, available_cpus() // world))

@@ -20,7 +20,6 @@ term ``log p(z) - log q(z|x)`` at the sampled z (Pyro's documented behaviour; te
 import math
 from typing import Optional
 
-import torch.nn.functional as F
 import torch
 import torch.nn as nn
 import pyro.distributions as dist

@@ -25,8 +25,7 @@ import dataclasses
 import json
 import math
 import random
-import signal
-import threading
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -44,11 +43,12 @@ from tqdm.auto import tqdm
 from . import distributed
 from .contract import build_user_model, check_model, slice_data, state_preserved, uses_labels
 from .checkpoint import (BEST, CHECKPOINT, CONFIG, FORMAT, METRICS, SUMMARY, atomic_save, atomic_write_text,
-                         load_checkpoint, migrate_history)
-from .config import LR_SCHEDULES, RESUMABLE_CHANGES, TrainConfig
+                         load_checkpoint, migrate_history, run_lock)
+from .config import RESUMABLE_CHANGES, TrainConfig
 from .data import Dataset, load_dataset
 from .evaluation import total_bound
 from .objectives import bound_name, build_objective
+from .signals import SafeStream, StopOnSignal
 from .vae import VAE, build_vae
 
 class TrainingDiverged(RuntimeError):
@@ -201,6 +201,8 @@ class TrainResult:
     stop_reason: str        # "completed" | "early_stopping" | "interrupted"
     out_dir: Path
     bound: str = "ELBO"     # e.g. "IWAE_5": what early stopping compared (pyro_vae.objectives.bound_name)
+    stop_signal: Optional[int] = None   # SIGINT or SIGTERM when a signal interrupted the run
+    already_finished: bool = False      # a resume of a finished run: nothing was trained or rewritten
 
     @property
     def best_val_elbo(self) -> float:
@@ -257,6 +259,7 @@ class Trainer:
         self.history: List[Dict[str, float]] = []
         self.best_val_bound, self.best_epoch, self.epochs_since_best = -math.inf, 0, 0
         self._stop_requested = False
+        self.stop_signal: Optional[int] = None       # the signal that stopped fit(), if one did
         # KL warm-up wraps the programs once (a stable identity: objectives cache per program); beta is set per step
         self._warmup = (LatentScaleMessenger(1.0), LatentScaleMessenger(1.0))
         self._warm_programs = (self._warmup[0](module.model), self._warmup[1](module.guide))
@@ -537,8 +540,10 @@ class Trainer:
         total = self.config.epochs * self.steps_per_epoch
         done = min(self.epoch * self.steps_per_epoch + self.step, total)
         bar = tqdm(total=total, initial=done, disable=not self.progress or self.rank != 0, unit="step",
-                   dynamic_ncols=True, desc="train")
-        previous_handler = self._install_sigint_handler()
+                   dynamic_ncols=True, desc="train", file=SafeStream(sys.stderr))
+        # Ctrl-C / SIGTERM: finish the step, save, return (a process of pyro_vae.distributed.launch is stopped
+        # by the launcher, which relays the signal to every rank)
+        stop_on_signal = StopOnSignal(self.request_stop, active=distributed.worker_context() is None)
         if self.rank > 0:   # rank 0 continues the saved stream; the others draw their own noise
             pyro.set_rng_seed(distributed.rank_seed(self.config.seed, self.epoch, self.step, self.rank))
         self._check_next_step = is_validation_enabled()
@@ -547,58 +552,45 @@ class Trainer:
         registering = getattr(self.module, "register_params", None)
         if registering is not None:
             self.module.register_params = False
-        try:
-            if self.history and 0 < self.config.patience <= self.epochs_since_best:
-                return "early_stopping"
-            while self.epoch < self.config.epochs:
-                if self.step == 0:
-                    self.epoch_start_time = time.time()
-                x_epoch = self.data.train_epoch(self.epoch, self.config.seed)    # [N_train, D]
-                order = epoch_permutation(self.num_train, self.config.seed, self.epoch)
-                while self.step < self.steps_per_epoch:
-                    if self._stopping():
-                        self.save_checkpoint()
-                        return "interrupted"
-                    idx = order[self.step * self.config.batch_size:(self.step + 1) * self.config.batch_size]
-                    if self.world_size > 1:
-                        mine = distributed.shard(idx, self.rank, self.world_size)
-                        data = {k: v[mine] for k, v in self.train_data.items()}
-                        loss = self._distributed_step(x_epoch[mine].to(self.device), len(idx), **data)
-                    else:
-                        data = {k: v[idx] for k, v in self.train_data.items()}
-                        loss = self.train_step(x_epoch[idx].to(self.device), **data)
-                    self.epoch_loss_sum += loss * len(idx) / self.num_train
-                    self.step += 1
-                    bar.update(1)
-                    if self.on_step is not None:
-                        self.on_step(self, self.epoch, self.step, loss)
-                should_stop = self._finish_epoch()
-                last = self.history[-1]
-                bar.set_postfix(epoch=self.epoch, loss=f"{last['train_loss']:.2f}",
-                                **{f"val_{self.bound_name}": f"{last['val_bound']:.2f}"},
-                                best=f"{self.best_val_bound:.2f}")
-                if should_stop:
+        with stop_on_signal:
+            try:
+                if self.history and 0 < self.config.patience <= self.epochs_since_best:
                     return "early_stopping"
-            return "completed"
-        finally:
-            bar.close()
-            if registering is not None:
-                self.module.register_params = registering
-            if previous_handler is not None:
-                signal.signal(signal.SIGINT, previous_handler)
-
-    def _install_sigint_handler(self):
-        """First Ctrl-C: finish the current step, save, return.  Second Ctrl-C: the usual KeyboardInterrupt."""
-        if threading.current_thread() is not threading.main_thread() or distributed.worker_context() is not None:
-            return None   # (a process of pyro_vae.distributed.launch: the launcher relays Ctrl-C to all ranks)
-
-        def handler(signum, frame):
-            if self._stop_requested:
-                raise KeyboardInterrupt
-            tqdm.write("Interrupt received: saving a checkpoint after this step (Ctrl-C again to abort).")
-            self.request_stop()
-
-        return signal.signal(signal.SIGINT, handler)
+                while self.epoch < self.config.epochs:
+                    if self.step == 0:
+                        self.epoch_start_time = time.time()
+                    x_epoch = self.data.train_epoch(self.epoch, self.config.seed)    # [N_train, D]
+                    order = epoch_permutation(self.num_train, self.config.seed, self.epoch)
+                    while self.step < self.steps_per_epoch:
+                        if self._stopping():
+                            self.save_checkpoint()
+                            return "interrupted"
+                        idx = order[self.step * self.config.batch_size:(self.step + 1) * self.config.batch_size]
+                        if self.world_size > 1:
+                            mine = distributed.shard(idx, self.rank, self.world_size)
+                            data = {k: v[mine] for k, v in self.train_data.items()}
+                            loss = self._distributed_step(x_epoch[mine].to(self.device), len(idx), **data)
+                        else:
+                            data = {k: v[idx] for k, v in self.train_data.items()}
+                            loss = self.train_step(x_epoch[idx].to(self.device), **data)
+                        self.epoch_loss_sum += loss * len(idx) / self.num_train
+                        self.step += 1
+                        bar.update(1)
+                        if self.on_step is not None:
+                            self.on_step(self, self.epoch, self.step, loss)
+                    should_stop = self._finish_epoch()
+                    last = self.history[-1]
+                    bar.set_postfix(epoch=self.epoch, loss=f"{last['train_loss']:.2f}",
+                                    **{f"val_{self.bound_name}": f"{last['val_bound']:.2f}"},
+                                    best=f"{self.best_val_bound:.2f}")
+                    if should_stop:
+                        return "early_stopping"
+                return "completed"
+            finally:
+                bar.close()
+                if registering is not None:
+                    self.module.register_params = registering
+                self.stop_signal = stop_on_signal.received or self.stop_signal
 
 
 # -- the one function the CLI calls --------------------------------------------------------------------
@@ -650,13 +642,44 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     With ``config.devices > 1`` the run is data-parallel over that many processes
     (:mod:`pyro_vae.distributed`); the result is read back from the run folder.
 
+    Resuming a run that already finished (it reached ``epochs``, or early stopping ended it, under the
+    config given now) changes nothing and returns its result (``already_finished=True``).  While training,
+    ``OUT/.lock`` keeps a second process from writing the same folder (:func:`~pyro_vae.checkpoint.run_lock`).
+
     Returns:
         a :class:`TrainResult`; ``result.model`` is the VAE with the *best* validation bound.
     """
     worker = distributed.worker_context()
-    if config.devices > 1 and worker is None:
-        return distributed.launch(config, resume=resume, progress=progress, data=data, on_step=on_step,
-                                  figures=figures)
+    if worker is not None:   # a process of pyro_vae.distributed.launch: the launcher holds the folder
+        return _train(config, resume, progress, data, on_step, figures, worker)
+    ckpt = check_start(config, resume)                  # clear errors before taking the folder
+    if ckpt is not None and _finished(ckpt, config) and (Path(config.out) / SUMMARY).exists():
+        return _finished_result(config, ckpt)
+    with run_lock(config.out):
+        if config.devices > 1:
+            return distributed.launch(config, resume=resume, progress=progress, data=data, on_step=on_step,
+                                      figures=figures)
+        return _train(config, resume, progress, data, on_step, figures, None)
+
+
+def _finished(ckpt: Dict[str, Any], config: TrainConfig) -> bool:
+    """Whether the checkpointed run has nothing left to do under ``config`` (its epochs and patience)."""
+    return bool(ckpt["history"]) and ckpt["step"] == 0 and (
+        ckpt["epoch"] >= config.epochs or 0 < config.patience <= ckpt["epochs_since_best"])
+
+
+def _finished_result(config: TrainConfig, ckpt: Dict[str, Any]) -> TrainResult:
+    out = Path(config.out)
+    summary = json.loads((out / SUMMARY).read_text())
+    model = load_vae(out / BEST)[0] if (out / BEST).exists() else None
+    bound = config_bound_name(config)
+    best = ckpt["best_val_bound"] if "best_val_bound" in ckpt else ckpt["best_val_elbo"]
+    return TrainResult(model, migrate_history(ckpt["history"], bound), ckpt["best_epoch"], best,
+                       summary.get("stop_reason", "completed"), out, bound, already_finished=True)
+
+
+def _train(config: TrainConfig, resume: bool, progress: bool, data: Optional[Dataset], on_step: Optional[Callable],
+           figures: bool, worker) -> TrainResult:
     rank, world = (worker.rank, worker.world_size) if worker is not None else (0, 1)
     out = Path(config.out)
     ckpt = check_start(config, resume)
@@ -739,5 +762,5 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
             except Exception as e:  # noqa: BLE001 - a figure must never turn a finished run into a failure
                 warnings.warn(f"figures skipped: {e}")
     return TrainResult(best, trainer.history, trainer.best_epoch, trainer.best_val_bound, stop_reason, out,
-                       trainer.bound_name)
+                       trainer.bound_name, trainer.stop_signal)
 

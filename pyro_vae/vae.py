@@ -25,7 +25,6 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 import pyro
-import pyro.distributions as dist
 
 from .distributions import DiagonalNormal
 from .likelihoods import Likelihood, build_likelihood

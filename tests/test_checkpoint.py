@@ -1,6 +1,4 @@
 """Every checkpoint that will not load says why in one line of our own (issue 11), never torch's text."""
-import json
-from pathlib import Path
 
 import pytest
 import torch
