@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from .data import BINARIZE_MODES
+from .devices import DEVICE_HELP, valid_device_name
 
 LR_SCHEDULES = ("none", "exponential", "cosine")
 # Changing these between a run and its --resume cannot corrupt the saved state.
@@ -105,8 +106,8 @@ class TrainConfig:
             problems.append(f"hidden must be one or more positive layer sizes, got {self.hidden}")
         if self.lr_schedule not in LR_SCHEDULES:
             problems.append(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
-        if self.device not in ("cpu", "cuda", "auto") and not self.device.startswith("cuda:"):
-            problems.append(f"device must be cpu, cuda or auto, got {self.device!r}")
+        if not valid_device_name(self.device):
+            problems.append(f"device must be {DEVICE_HELP}, got {self.device!r}")
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
 

@@ -77,11 +77,6 @@ def shard(indices: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
     return indices.tensor_split(world_size)[rank]
 
 
-def rank_seed(seed: int, epoch: int, step: int, rank: int) -> int:
-    """Seed of rank ``rank``'s sampling stream when it starts or resumes at (epoch, step)."""
-    return int(np.random.SeedSequence([seed % 2 ** 63, epoch, step, rank]).generate_state(1)[0])   # < 2**32
-
-
 def require_module_parameters(foreign: Sequence[str]) -> None:
     """Refuse parameters that DistributedDataParallel would not synchronise: ``pyro.param``s that are not
     parameters of the trained ``nn.Module`` (``foreign``: their names)."""

@@ -24,106 +24,36 @@ non-finite loss stops training with :class:`TrainingDiverged`, keeping the last 
 import dataclasses
 import json
 import math
-import random
 import sys
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 import pyro
 from pyro import poutine
 from pyro.infer import ELBO, Trace_ELBO
-from pyro.poutine.messenger import Messenger
 from pyro.infer.util import is_validation_enabled
 from tqdm.auto import tqdm
 
 from . import distributed
-from .contract import build_user_model, check_model, slice_data, state_preserved, uses_labels
+from .contract import check_model, slice_data, state_preserved, uses_labels
 from .checkpoint import (BEST, CHECKPOINT, CONFIG, FORMAT, METRICS, SUMMARY, atomic_save, atomic_write_text,
                          load_checkpoint, migrate_history, run_lock)
 from .config import RESUMABLE_CHANGES, TrainConfig
 from .data import Dataset, load_dataset
 from .evaluation import total_bound
-from .objectives import bound_name, build_objective
+from .devices import resolve_device
+from .factory import build_model, check_splits, config_bound_name, load_vae, objective_for
+from .objectives import bound_name
+from .seeds import epoch_permutation, rng_state, seed_for, set_rng_state
+from .warmup import LatentScaleMessenger, warmup_beta, warmup_beta_at_epoch_end
 from .signals import SafeStream, StopOnSignal
-from .vae import VAE, build_vae
+from .vae import VAE
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-class LatentScaleMessenger(Messenger):
-    """Multiply the log-density of every unobserved sample site by ``scale`` (observed sites untouched).
-
-    Wrapped around both the model and the guide, ``scale = beta`` turns ``log p(x|z) + log p(z) -
-    log q(z|x)`` into ``log p(x|z) + beta (log p(z) - log q(z|x))``: the KL term of the ELBO weighted
-    by beta, for any model/guide pair.  Unlike ``poutine.scale`` it allows ``scale = 0``.
-    """
-
-    def __init__(self, scale: float):
-        super().__init__()
-        if not scale >= 0:
-            raise ValueError(f"scale must be >= 0, got {scale}")
-        self.scale = scale
-
-    def _process_message(self, msg):
-        if msg["type"] == "sample" and not msg["is_observed"]:
-            msg["scale"] = self.scale * msg["scale"]
-
-
-def config_bound_name(config: "TrainConfig") -> str:
-    """The name of the bound a run of ``config`` trains on and validates with ("ELBO", "IWAE_5", ...)."""
-    return bound_name(build_objective(config.loss, config.num_particles, config.gradient, config.num_outer,
-                                      config.ciwae_beta))
-
-
-def load_vae(path, map_location: str = "cpu") -> Tuple[Any, TrainConfig]:
-    """Rebuild the model stored in a checkpoint file (or a run folder: its ``best.pt``) in eval mode: our
-    :class:`~pyro_vae.VAE`, or a ``--model`` user model rebuilt from its factory and stored arguments."""
-    ckpt = load_checkpoint(path, map_location)
-    if "user_model" in ckpt:
-        module, _ = build_user_model(ckpt["user_model"], {}, ckpt["user_model_kwargs"])
-        module.load_state_dict(ckpt["model_state"])
-        return module.to(map_location).eval(), TrainConfig.from_dict(ckpt["config"])
-    if "model_kwargs" not in ckpt:
-        raise ValueError(f"{path} holds a model declared in Python (a Trainer run, not `pyro-vae train`): "
-                         f"rebuild it as you declared it and call "
-                         f"model.load_state_dict(load_checkpoint(path)['model_state'])")
-    vae = build_vae(**ckpt["model_kwargs"])
-    vae.load_state_dict(ckpt["model_state"])
-    return vae.eval(), TrainConfig.from_dict(ckpt["config"])
-
-
-def model_kwargs(config: TrainConfig, data: Dataset) -> Dict[str, Any]:
-    """The arguments of :func:`build_vae` for this config and data set (stored in checkpoints)."""
-    return dict(data_dim=data.data_dim, latent_dim=config.latent_dim, hidden=list(config.hidden),
-                network=config.network, image_shape=list(data.image_shape) if data.image_shape else None,
-                activation=config.activation, likelihood=config.likelihood, sigma=config.sigma,
-                learn_sigma=config.learn_sigma, prior=config.prior, channels=list(config.channels),
-                prior_components=config.prior_components)
-
-
-# settings of TrainConfig that describe our VAE; a --model factory receives those its signature names
-MODEL_SETTINGS = ("latent_dim", "hidden", "activation", "likelihood", "network", "channels", "sigma", "learn_sigma",
-                  "prior", "prior_components", "vamp_init")
-
-
-def user_model_offer(config: TrainConfig, data: Dataset) -> Dict[str, Any]:
-    """Settings offered to a ``--model`` factory, which receives those its signature names: what the data
-    set fixes (``data_dim``, ``image_shape``, ``num_classes``) always, and the model settings only where
-    they differ from their defaults (so the factory's own defaults hold unless a flag changes them)."""
-    labels = data.train_labels
-    offer = dict(data_dim=data.data_dim, image_shape=list(data.image_shape) if data.image_shape else None,
-                 num_classes=int(labels.max()) + 1 if labels is not None and len(labels) else None)
-    defaults = TrainConfig()
-    for name in MODEL_SETTINGS:
-        value = getattr(config, name)
-        if value != getattr(defaults, name):
-            offer[name] = list(value) if isinstance(value, tuple) else value
-    return offer
 
 
 def make_adam(params: List[torch.Tensor], lr: float) -> torch.optim.Adam:
@@ -133,60 +63,6 @@ def make_adam(params: List[torch.Tensor], lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr, fused=True)
     except (RuntimeError, ValueError, TypeError):
         return torch.optim.Adam(params, lr=lr)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA where available) as a ``torch.device``; a clear
-    ``ValueError`` for anything else or for CUDA on a machine without it."""
-    if name not in ("cpu", "cuda", "auto") and not (name.startswith("cuda:") and name[5:].isdigit()):
-        raise ValueError(f"device must be cpu, cuda, cuda:N or auto, got {name!r}")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} requested but CUDA is not available; use --device cpu")
-    return torch.device(name)
-
-
-def _rng_state() -> Dict[str, Any]:
-    """Every random stream, as tensors and plain Python values (loadable with ``weights_only=True``)."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    version, mt_state, gauss = random.getstate()
-    state = {"torch": torch.get_rng_state(),
-             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(cached)],
-             "python": [version, list(mt_state), gauss]}
-    if torch.cuda.is_available():
-        gpu = _worker_gpu()
-        # a process of a multi-GPU run saves only its own GPU's stream: get_rng_state_all() would open a
-        # CUDA context on every GPU, in every process
-        state["cuda"] = [torch.cuda.get_rng_state(gpu)] if gpu is not None else torch.cuda.get_rng_state_all()
-    return state
-
-
-def _worker_gpu() -> Optional[torch.device]:
-    """The GPU of this process in a multi-GPU run (pyro_vae.distributed), else None."""
-    worker = distributed.worker_context()
-    return worker.device if worker is not None and worker.device.type == "cuda" else None
-
-
-def _set_rng_state(state: Dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    version, mt_state, gauss = state["python"]
-    random.setstate((version, tuple(mt_state), gauss))
-    if "cuda" in state and torch.cuda.is_available():
-        gpu = _worker_gpu()
-        if gpu is not None:   # the first saved stream (rank 0's GPU) onto this process's GPU only
-            torch.cuda.set_rng_state(state["cuda"][0], gpu)
-        else:
-            torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def epoch_permutation(num_data: int, seed: int, epoch: int) -> torch.Tensor:
-    """The order in which epoch ``epoch`` visits the training data: a function of (seed, epoch) only,
-    so a run resumed mid-epoch replays exactly the batches it had not seen yet."""
-    generator = torch.Generator().manual_seed(1_000_003 * seed + epoch)
-    return torch.randperm(num_data, generator=generator)
 
 
 # -- the loop ------------------------------------------------------------------------------------------
@@ -233,8 +109,7 @@ class Trainer:
                  on_step: Optional[Callable] = None, progress: bool = True, rank: int = 0, world_size: int = 1):
         self.module, self.data, self.config = module, data, config
         self.rank, self.world_size = rank, world_size
-        self.objective = objective or build_objective(config.loss, config.num_particles, config.gradient,
-                                                      config.num_outer, config.ciwae_beta)
+        self.objective = objective or objective_for(config)
         self.checkpoint_extra = checkpoint_extra or {}
         self.on_step, self.progress = on_step, progress
         self.device = next(module.parameters()).device
@@ -275,6 +150,10 @@ class Trainer:
         """The keyword arguments the programs take besides ``x`` for a whole split, on the model's device:
         ``{"y": labels [N]}`` for a model that takes labels, else ``{}``."""
         return {"y": self.data.labels(split).to(self.device)} if self.uses_labels else {}
+
+    def _own_gpu(self) -> Optional[torch.device]:
+        """This process's GPU in a multi-GPU run (its random stream is the one it saves), else None."""
+        return self.device if self.world_size > 1 and self.device.type == "cuda" else None
 
     def _collect_params(self) -> List[torch.Tensor]:
         """All parameters the objective touches: the module's, plus any ``pyro.param`` of a user model."""
@@ -321,11 +200,9 @@ class Trainer:
         return None
 
     def beta(self) -> float:
-        """KL warm-up weight for the next step: linear from 0 to 1 over ``warmup_epochs``."""
-        if self.config.warmup_epochs <= 0:
-            return 1.0
-        done = self.epoch * self.steps_per_epoch + self.step + 1
-        return min(1.0, done / (self.config.warmup_epochs * self.steps_per_epoch))
+        """KL warm-up weight for the next step (:func:`pyro_vae.warmup.warmup_beta`)."""
+        return warmup_beta(self.epoch * self.steps_per_epoch + self.step, self.steps_per_epoch,
+                           self.config.warmup_epochs)
 
     # -- checkpoints ----------------------------------------------------------------------------
 
@@ -343,7 +220,7 @@ class Trainer:
             "epoch_elapsed": time.time() - self.epoch_start_time if self.epoch_start_time and self.step else 0.0,
             "history": self.history, "best_val_bound": self.best_val_bound, "best_epoch": self.best_epoch,
             "epochs_since_best": self.epochs_since_best,
-            "rng": _rng_state(),
+            "rng": rng_state(self._own_gpu()),
             **self.checkpoint_extra,
         }
 
@@ -364,7 +241,7 @@ class Trainer:
         self.best_val_bound = ckpt["best_val_bound"] if "best_val_bound" in ckpt else ckpt["best_val_elbo"]
         self.best_epoch = ckpt["best_epoch"]
         self.epochs_since_best = ckpt["epochs_since_best"]
-        _set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"], self._own_gpu())
 
     def save_checkpoint(self) -> None:
         if self.rank == 0:   # distributed: rank 0 writes for all (the ranks' parameters are identical)
@@ -418,7 +295,7 @@ class Trainer:
 
     def validation_bounds(self) -> Tuple[float, float]:
         """``(objective's bound, ELBO)`` per datapoint on the validation split (see :meth:`split_bounds`)."""
-        return self.split_bounds(self.module, self.valid, self.config.seed + 7919, **self.valid_data)
+        return self.split_bounds(self.module, self.valid, seed_for(self.config.seed, "validation"), **self.valid_data)
 
     def _programs(self) -> Tuple[Callable, Callable]:
         """The model and guide for the next step: KL warm-up scales their latent sites by beta < 1."""
@@ -523,9 +400,7 @@ class Trainer:
         return 0 < self.config.patience <= self.epochs_since_best
 
     def beta_at_epoch_end(self) -> float:
-        if self.config.warmup_epochs <= 0:
-            return 1.0
-        return min(1.0, self.epoch / self.config.warmup_epochs)
+        return warmup_beta_at_epoch_end(self.epoch, self.config.warmup_epochs)
 
     def fit(self) -> str:
         """Run until ``config.epochs``, early stopping, or a stop request; returns the reason.
@@ -545,7 +420,7 @@ class Trainer:
         # by the launcher, which relays the signal to every rank)
         stop_on_signal = StopOnSignal(self.request_stop, active=distributed.worker_context() is None)
         if self.rank > 0:   # rank 0 continues the saved stream; the others draw their own noise
-            pyro.set_rng_seed(distributed.rank_seed(self.config.seed, self.epoch, self.step, self.rank))
+            pyro.set_rng_seed(seed_for(self.config.seed, "rank", self.epoch, self.step, self.rank))
         self._check_next_step = is_validation_enabled()
         # The trainer owns the optimiser over module.parameters(), so the module need not register
         # them in Pyro's param store on every call (see VAE.register_params).
@@ -689,30 +564,9 @@ def _train(config: TrainConfig, resume: bool, progress: bool, data: Optional[Dat
     if data is None:
         data = load_dataset(config.dataset, config.data_dir, config.resolved_binarize(), config.valid_size,
                             config.seed, config.download)
-    if config.model:   # a user model declared on the contract of pyro_vae.contract
-        offer = user_model_offer(config, data)
-        vae, kwargs = build_user_model(config.model, offer, config.model_args)
-        ignored = sorted(k for k in offer if k in MODEL_SETTINGS and k not in kwargs)
-        if ignored:
-            warnings.warn(f"--model {config.model} does not take {', '.join(ignored)}: those flags are ignored "
-                          f"(pass the model's own arguments with --model-arg KEY=VALUE)")
-        extra = {"user_model": config.model, "user_model_kwargs": kwargs}
-    else:
-        kwargs = model_kwargs(config, data)
-        vae = build_vae(**kwargs)
-        if config.prior == "vamp" and config.vamp_init == "data" and ckpt is None:
-            vae.prior.init_from_data(data.train, torch.Generator().manual_seed(config.seed))
-        extra = {"model_kwargs": kwargs}
-    extra["image_shape"] = list(data.image_shape) if data.image_shape else None   # for `pyro-vae sample`
+    vae, extra = build_model(config, data, fresh=ckpt is None)
     vae = vae.to(device)
-    # validate every split once here (clear errors before any work), then not per step
-    if hasattr(vae, "check_input"):
-        for split in ("train", "valid", "test"):
-            try:
-                vae.check_input(data.split(split) if data.binarize != "dynamic" or split != "train"
-                                else data.train_epoch(0, config.seed))
-            except ValueError as e:
-                raise ValueError(f"{split} split of {config.dataset!r}: {e}") from e
+    check_splits(vae, data, config)
     validating = getattr(vae, "validate_inputs", None)
     if validating is not None:
         vae.validate_inputs = False
@@ -744,7 +598,7 @@ def _train(config: TrainConfig, resume: bool, progress: bool, data: Optional[Dat
         best.to(device)
     if stop_reason != "interrupted":
         test_bound, test_elbo = trainer.split_bounds(best, data.test.to(trainer.device),
-                                                     trainer.config.seed + 104729, **trainer.side_inputs("test"))
+                                                     seed_for(trainer.config.seed, "test"), **trainer.side_inputs("test"))
         summary = {"bound": trainer.bound_name,                        # early stopping compared this bound
                    "best_epoch": trainer.best_epoch, "best_val_bound": trainer.best_val_bound,
                    "test_bound": test_bound, "test_elbo": test_elbo, "epochs_run": trainer.epoch,

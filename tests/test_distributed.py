@@ -276,6 +276,7 @@ def test_shards_cover_a_batch_without_overlap(num, world):
 
 
 def test_rank_seeds_differ_and_are_valid_seeds():
-    seeds = {distributed.rank_seed(0, e, s, r) for e in range(3) for s in range(3) for r in range(1, 4)}
+    from pyro_vae.seeds import seed_for
+    seeds = {seed_for(0, "rank", e, s, r) for e in range(3) for s in range(3) for r in range(1, 4)}
     assert len(seeds) == 27 and all(0 <= s < 2 ** 32 for s in seeds)
-    assert distributed.rank_seed(5, 1, 2, 1) == distributed.rank_seed(5, 1, 2, 1)
+    assert seed_for(5, "rank", 1, 2, 1) == seed_for(5, "rank", 1, 2, 1)

@@ -24,9 +24,11 @@ from pyro_vae import training
 from pyro_vae.data import load_dataset
 from pyro_vae.evaluation import mean_bound
 from pyro_vae.objectives import build_objective
-from pyro_vae.training import (CHECKPOINT, BEST, METRICS, LatentScaleMessenger, TrainConfig, Trainer,
-                               TrainingDiverged, atomic_save, epoch_permutation, load_checkpoint, load_vae,
-                               model_kwargs, train)
+from pyro_vae.checkpoint import BEST, CHECKPOINT, METRICS, atomic_save, load_checkpoint
+from pyro_vae.factory import load_vae, model_kwargs
+from pyro_vae.seeds import epoch_permutation
+from pyro_vae.training import TrainConfig, Trainer, TrainingDiverged, train
+from pyro_vae.warmup import LatentScaleMessenger
 from pyro_vae.vae import build_vae
 
 HISTORY_KEYS = {"epoch", "train_loss", "val_bound", "val_bound_name", "val_elbo", "beta", "lr", "seconds"}
