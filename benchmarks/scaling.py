@@ -3,7 +3,7 @@
 Setting: the 784-400-20 MLP VAE of ``benchmarks/train_step.py`` (Bernoulli likelihood, ``Trace_ELBO``,
 global batch 128, fused Adam) on statically binarized Fashion-MNIST where Debian's dataset-fashion-mnist
 package is installed (/usr/share/datasets/fashion-mnist), else the default digits VAE (64-256-256-8,
-batch 100).  Every run trains one epoch of ``--steps`` global batches through :func:`pyro_vae.training.train`,
+batch 100).  Every run trains one epoch of ``--steps`` global batches through :func:`pyro_vae.launch.train`,
 the path ``pyro-vae train`` takes, with the same config, seed and global batch; only the number of processes
 changes.  A picklable ``on_step`` clock in rank 0's process stamps every step; the rate is (steps after the
 first ``--warmup`` ones) x batch / their wall time, so process start-up, imports, validation and checkpoints
@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 
 from pyro_vae.data import DataError, load_dataset
-from pyro_vae.distributed import available_cpus
-from pyro_vae.training import TrainConfig, train
+from pyro_vae.launch import available_cpus, train
+from pyro_vae.training import TrainConfig
 
 
 class StepClock:

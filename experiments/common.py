@@ -10,7 +10,10 @@ import torch
 
 from pyro_vae.data import load_dataset
 from pyro_vae.evaluation import evaluate
-from pyro_vae.training import CHECKPOINT, SUMMARY, TrainConfig, load_vae, train
+from pyro_vae.checkpoint import CHECKPOINT, SUMMARY
+from pyro_vae.config import TrainConfig
+from pyro_vae.factory import load_vae
+from pyro_vae.launch import train
 
 
 def run_one(name: str, seed: int, config: TrainConfig, num_samples: int, out: Path,

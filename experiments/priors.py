@@ -1,6 +1,6 @@
 """Prior study: standard normal vs mixture of Gaussians vs VampPrior at the same architecture and budget.
 
-For each prior and seed: train with ``pyro_vae.training.train`` (Trace_ELBO, the default MLP, early
+For each prior and seed: train with ``pyro_vae.launch.train`` (Trace_ELBO, the default MLP, early
 stopping on the validation ELBO), then estimate the test log p(x) of the best model by importance sampling
 (``pyro_vae.evaluate``).  Writes ``table.md`` (mean ± standard error over seeds), ``metrics.json`` (every
 run, the command, the git revision, the seeds) and ``priors.png`` to the output folder.  Finished runs are

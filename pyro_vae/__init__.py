@@ -7,5 +7,9 @@ from .vae import VAE, build_vae
 from .importance import ModelGuideContractError, importance_weights, log_weights
 from .objectives import CIWAE_ELBO, IWAE_ELBO, MIWAE_ELBO, PIWAE_ELBO, bound_name, build_objective
 from .evaluation import JointLogLikelihood, LogLikelihoodSummary, evaluate, joint_log_likelihood, log_likelihood
+from .config import TrainConfig
+from .training import Trainer
+from .launch import train
+from .factory import load_vae
 
 __version__ = "0.1.0"

@@ -56,6 +56,13 @@ def atomic_write_text(text: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def refuse_overwrite(out) -> None:
+    """A fresh run must not start in a folder that holds a checkpoint (never overwrite a run by accident)."""
+    path = Path(out) / CHECKPOINT
+    if path.exists():
+        raise FileExistsError(f"{path} already exists: pass --resume to continue that run, or choose another --out")
+
+
 def _why_unreadable(path: Path, error: Exception) -> str:
     with open(path, "rb") as f:
         head = f.read(2)

@@ -24,7 +24,10 @@ from .objectives import GRADIENTS, OBJECTIVES
 from .priors import PRIORS
 from .signals import exit_code, say
 from .checkpoint import CHECKPOINT, SUMMARY, load_checkpoint
-from .training import TrainingDiverged, load_vae, resolve_device, train
+from .devices import resolve_device
+from .factory import load_vae
+from .launch import train
+from .training import TrainingDiverged
 
 DEFAULTS = TrainConfig()
 

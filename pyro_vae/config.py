@@ -75,7 +75,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     seed: int = 0
     device: str = "cpu"              # cpu | cuda | auto
-    devices: int = 1                 # data-parallel processes (pyro_vae.distributed): gloo on CPU, nccl on GPUs
+    devices: int = 1                 # data-parallel processes (pyro_vae.launch): gloo on CPU, nccl on GPUs
     out: str = "runs/default"
 
     def __post_init__(self):

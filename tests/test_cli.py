@@ -16,7 +16,9 @@ import torch
 
 from pyro_vae.cli import build_parser, config_from_args, main
 from pyro_vae.data import load_dataset
-from pyro_vae.training import TrainConfig, load_checkpoint, load_vae
+from pyro_vae.checkpoint import load_checkpoint
+from pyro_vae.factory import load_vae
+from pyro_vae.training import TrainConfig
 
 TINY = ["--epochs", "2", "--hidden", "16", "--latent-dim", "2", "--no-progress"]
 FIGURES = ("curves.png", "reconstructions.png", "samples.png", "latent.png")

@@ -9,7 +9,9 @@ from pyro_vae import build_objective, build_vae, evaluate, log_weights
 from pyro_vae.data import load_dataset
 from pyro_vae.examples.conditional import ConditionalVAE
 from pyro_vae.examples.two_layer import TwoLayerVAE
-from pyro_vae.training import TrainConfig, resolve_device, train
+from pyro_vae.devices import resolve_device
+from pyro_vae.launch import train
+from pyro_vae.training import TrainConfig
 
 OBJECTIVES = [("elbo", "standard"), ("meanfield", "standard"), ("iwae", "standard"), ("iwae", "stl"),
               ("iwae", "dreg"), ("miwae", "dreg"), ("ciwae", "standard"), ("piwae", "standard")]

@@ -1,4 +1,4 @@
-"""Tests of data-parallel training (pyro_vae.distributed, ``train --devices N``): 2 CPU processes over gloo.
+"""Tests of data-parallel training (pyro_vae.parallel and pyro_vae.launch, ``train --devices N``): 2 CPU processes over gloo.
 
 Starting the processes costs several seconds each time (every process imports torch and Pyro), so the file
 starts them three times: a 2-process run of a deterministic model compared with one process (parity, metrics,
@@ -24,10 +24,12 @@ import pyro
 import pyro.distributions as dist
 from torch import nn
 
-from pyro_vae import distributed, training
+from pyro_vae import launch, parallel, run as run_module
 from pyro_vae.cli import main
 from pyro_vae.data import load_dataset
-from pyro_vae.training import BEST, CHECKPOINT, METRICS, TrainConfig, Trainer, load_checkpoint, train
+from pyro_vae.checkpoint import BEST, CHECKPOINT, METRICS, load_checkpoint
+from pyro_vae.launch import train
+from pyro_vae.training import TrainConfig, Trainer
 
 N_TRAIN, BATCH = 46, 9                  # batches 9 x 5 (shares 5/4), then 1 (shares 1/0)
 STEPS = math.ceil(N_TRAIN / BATCH)      # 6 steps per epoch
@@ -229,10 +231,11 @@ def test_param_store_parameters_are_refused_before_any_process_group(tmp_path, s
     pyro.clear_param_store()
     module = ParamStoreAutoencoder(small_digits.data_dim)
     with pytest.raises(ValueError, match="decoder_bias.*--devices 1"):
-        Trainer(module, small_digits, config(tmp_path / "run", devices=2), rank=0, world_size=2)
+        Trainer(module, small_digits, config(tmp_path / "run", devices=2),
+                parallel=parallel.DDPGroup(0, 2, torch.device("cpu")))
     with pytest.raises(ValueError, match="would drift apart"):
-        distributed.require_module_parameters(["a", "b"])
-    distributed.require_module_parameters([])   # module parameters only: fine
+        parallel.require_module_parameters(["a", "b"])
+    parallel.require_module_parameters([])   # module parameters only: fine
 
 
 def test_more_devices_than_batch_points_is_refused(tmp_path, capsys):
@@ -246,8 +249,8 @@ def test_more_devices_than_batch_points_is_refused(tmp_path, capsys):
 
 
 def test_devices_may_change_on_resume():
-    assert "devices" in training.RESUMABLE_CHANGES
-    training._check_resume_config(TrainConfig(devices=2).to_dict(), TrainConfig(devices=1), Path("x"))
+    assert "devices" in run_module.RESUMABLE_CHANGES
+    run_module._check_resume_config(TrainConfig(devices=2).to_dict(), TrainConfig(devices=1), Path("x"))
 
 
 def test_on_step_must_be_picklable_with_several_devices(tmp_path, small_digits):
@@ -259,7 +262,7 @@ def test_gpus_are_counted_before_starting(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(ValueError, match="needs one GPU per process, but 1 is visible"):
-        distributed.check_devices(TrainConfig(devices=2, device="cuda"))
+        launch.check_devices(TrainConfig(devices=2, device="cuda"))
 
 
 # -- 5. the pieces -------------------------------------------------------------------------------------
@@ -267,11 +270,11 @@ def test_gpus_are_counted_before_starting(tmp_path, monkeypatch):
 @pytest.mark.parametrize("num, world", [(9, 2), (1, 2), (7, 3), (10, 4), (0, 2)])
 def test_shards_cover_a_batch_without_overlap(num, world):
     idx = torch.randperm(100)[:num]
-    shares = [distributed.shard(idx, r, world) for r in range(world)]
+    shares = [parallel.DDPGroup(r, world, torch.device("cpu")).shard(idx) for r in range(world)]
     assert torch.equal(torch.cat(shares), idx)
     assert max(map(len, shares)) - min(map(len, shares)) <= 1
     for r, share in enumerate(shares):
-        start, stop = distributed.shard_bounds(num, r, world)
+        start, stop = parallel.shard_bounds(num, r, world)
         assert torch.equal(share, idx[start:stop])
 
 

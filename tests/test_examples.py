@@ -18,7 +18,8 @@ from pyro_vae.contract import check_model
 from pyro_vae.data import load_dataset
 from pyro_vae.examples.conditional import ConditionalVAE
 from pyro_vae.examples.two_layer import TwoLayerVAE
-from pyro_vae.training import TrainConfig, Trainer, load_vae
+from pyro_vae.factory import load_vae
+from pyro_vae.training import TrainConfig, Trainer
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "declaring_models.md"
 
@@ -317,7 +318,7 @@ def test_model_flag_with_pyro_param_outside_the_module_is_refused(tmp_path, caps
 
 
 def test_factory_defaults_hold_unless_a_flag_changes_them(tmp_path):
-    from pyro_vae.training import train
+    from pyro_vae.launch import train
     pyro.set_rng_seed(0)
     result = train(TrainConfig(model="pyro_vae.examples.two_layer:TwoLayerVAE", epochs=1, patience=0,
                                out=str(tmp_path / "a")), progress=False, figures=False)

@@ -359,7 +359,7 @@ def test_active_units_count_dimensions_the_guide_uses(x):
 # -- review findings: tempered weights (KL warm-up), path-gradient limits, masks, missing guide sites --
 
 def _guide_grad(objective, ppca, x, seed, beta=1.0):
-    from pyro_vae.training import LatentScaleMessenger
+    from pyro_vae.warmup import LatentScaleMessenger
     pyro.set_rng_seed(seed)
     ppca.zero_grad()
     model, guide = ppca.model, ppca.guide

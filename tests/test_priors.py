@@ -16,7 +16,8 @@ from pyro_vae import VAE, GaussianLikelihood, MLPEncoder, build_vae
 from pyro_vae.evaluation import evaluate, log_likelihood
 from pyro_vae.objectives import IWAE_ELBO
 from pyro_vae.priors import MixtureOfGaussiansPrior, VampPrior, build_prior
-from pyro_vae.training import TrainConfig, train
+from pyro_vae.launch import train
+from pyro_vae.training import TrainConfig
 
 F64 = torch.float64
 

@@ -27,7 +27,8 @@ from pyro_vae.objectives import build_objective
 from pyro_vae.checkpoint import BEST, CHECKPOINT, METRICS, atomic_save, load_checkpoint
 from pyro_vae.factory import load_vae, model_kwargs
 from pyro_vae.seeds import epoch_permutation
-from pyro_vae.training import TrainConfig, Trainer, TrainingDiverged, train
+from pyro_vae.launch import train
+from pyro_vae.training import TrainConfig, Trainer, TrainingDiverged
 from pyro_vae.warmup import LatentScaleMessenger
 from pyro_vae.vae import build_vae
 

@@ -1,138 +1,76 @@
-"""Data-parallel training over several processes (``pyro-vae train --devices N``), with PyTorch's
-``DistributedDataParallel`` around the same model, guide and objective a single process trains.
+"""The function the CLI calls, :func:`train`: it holds the run folder and trains in this process or in N
+data-parallel processes (``pyro-vae train --devices N``), with PyTorch's ``DistributedDataParallel`` around the
+same model, guide and objective a single process trains (:mod:`pyro_vae.parallel`).
 
-:func:`launch` (called by :func:`pyro_vae.training.train` when ``config.devices > 1``) starts N processes
-with ``torch.multiprocessing`` (start method ``spawn``) that rendezvous on a free TCP port of 127.0.0.1.
-Process r uses GPU r with the ``nccl`` backend where CUDA is present and ``--device`` is ``cuda``/``auto``,
-else the CPU with ``gloo``.  Each runs the ordinary :func:`~pyro_vae.training.train` path; the
-:class:`~pyro_vae.training.Trainer` then:
-
-* takes the contiguous share ``idx.tensor_split(N)[r]`` of every global batch ``idx`` (the batch order of an
-  epoch is a function of (seed, epoch) as in one process: no overlap, every point once, the same number of
-  steps on every rank, and ``step`` counts global batches, so a run resumes mid-epoch on any process count);
-* computes its loss ``objective.differentiable_loss(model, guide, x_r, num_data=N_train)`` through
-  :class:`DistributedLoss` wrapped in DDP (rank 0's initial weights are broadcast when it is built) and
-  multiplies it by ``b_r * world / B`` before ``backward``: DDP averages gradients over ranks, so the step's
-  gradient is exactly that of ``N_train / B * sum over the global batch``, even for an uneven last batch;
-* all-reduces one small tensor per step: its share of the loss (for metrics and the NaN check, so all ranks
-  stop together) and a stop flag (a stop request on any rank stops every rank after the same step);
-* evaluates its contiguous shard of the validation (and test) set with a fixed seed + rank and reduces the
-  per-point mean as ``sum of rank sums / N``;
-* writes nothing unless it is rank 0 (checkpoints hold rank 0's RNG state; a rank r > 0 reseeds from
-  (seed, epoch, step, r) when it starts or resumes).
+:func:`launch` starts N processes with ``torch.multiprocessing`` (start method ``spawn``) that rendezvous on a
+free TCP port of 127.0.0.1.  Process r uses GPU r with the ``nccl`` backend where CUDA is present and ``--device``
+is ``cuda``/``auto``, else the CPU with ``gloo``.  Each runs :func:`pyro_vae.run.run` with its
+:class:`~pyro_vae.parallel.DDPGroup` (how a step is shared is documented there): only rank 0 writes, and a rank
+r > 0 reseeds from (seed, epoch, step, r) when it starts or resumes.
 
 Only ``nn.Module`` parameters are synchronised: a ``pyro.param`` outside the module is refused
-(:func:`require_module_parameters`).  Ctrl-C in the launching process asks every rank to save and return
-after the same step; a second Ctrl-C terminates them.  Each CPU process uses cores // N torch threads unless
+(:func:`pyro_vae.parallel.require_module_parameters`).  Ctrl-C or SIGTERM in the launching process asks every
+rank to save and return after the same step; a second one terminates them.  Each CPU process uses cores // N torch threads unless
 ``OMP_NUM_THREADS`` is set (on many cores fewer can be faster: gloo's communication threads need cores too;
 see ``benchmarks/scaling.py``).
 """
 import dataclasses
 import importlib
-import inspect
 import logging
 import os
 import pickle
 import signal
 import socket
 import threading
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
+from .checkpoint import BEST, CHECKPOINT, SUMMARY, load_checkpoint, run_lock
+from .config import TrainConfig
+from .data import Dataset, load_dataset
+from .devices import resolve_device
+from .factory import config_bound_name, load_vae
+from .parallel import DDPGroup
+from .run import TrainResult, check_start, finished, finished_result, run
 from .signals import STOP_SIGNALS, say
 
 
-@dataclasses.dataclass
-class WorkerContext:
-    """What a training process launched by :func:`launch` knows about itself."""
-    rank: int
-    world_size: int
-    device: torch.device
-    stop_event: Any          # a multiprocessing Event the launcher sets on Ctrl-C
+def train(config: TrainConfig, resume: bool = False, progress: bool = True,
+          data: Optional[Dataset] = None, on_step: Optional[Callable] = None,
+          figures: bool = True) -> TrainResult:
+    """Train a VAE as ``config`` says, writing checkpoints, metrics, config and figures to ``config.out``.
 
+    Args:
+        config: the run's :class:`TrainConfig`.
+        resume: continue from ``OUT/checkpoint.pt`` (exactly: same parameters, optimizer state, RNG
+            and data order as if never stopped).  Without it, an existing checkpoint is an error, so
+            a run is never overwritten by accident.
+        data: a pre-loaded data set (default: ``load_dataset`` from the config).
+        on_step: called as ``on_step(trainer, epoch, step, loss)`` after every step (with
+            ``config.devices > 1``: in rank 0's process, so it must be picklable).
+        figures: write the PNG figures at the end.
 
-_WORKER: Optional[WorkerContext] = None
+    With ``config.devices > 1`` the run is data-parallel over that many processes (:func:`launch`); the
+    result is read back from the run folder.
 
+    Resuming a run that already finished (it reached ``epochs``, or early stopping ended it, under the
+    config given now) changes nothing and returns its result (``already_finished=True``).  While training,
+    ``OUT/.lock`` keeps a second process from writing the same folder (:func:`~pyro_vae.checkpoint.run_lock`).
 
-def worker_context() -> Optional[WorkerContext]:
-    """The current process's :class:`WorkerContext`, or None outside a process started by :func:`launch`."""
-    return _WORKER
-
-
-# -- pieces the Trainer uses ---------------------------------------------------------------------------
-
-def shard_bounds(num: int, rank: int, world_size: int) -> Tuple[int, int]:
-    """``(start, stop)`` of rank ``rank``'s contiguous share of ``num`` items, as ``tensor_split`` cuts them:
-    the first ``num % world_size`` ranks get one item more; shares can be empty when ``num < world_size``."""
-    base, extra = divmod(num, world_size)
-    start = rank * base + min(rank, extra)
-    return start, start + base + (1 if rank < extra else 0)
-
-
-def shard(indices: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
-    """Rank ``rank``'s contiguous share of a global batch of indices (no overlap, all covered)."""
-    return indices.tensor_split(world_size)[rank]
-
-
-def require_module_parameters(foreign: Sequence[str]) -> None:
-    """Refuse parameters that DistributedDataParallel would not synchronise: ``pyro.param``s that are not
-    parameters of the trained ``nn.Module`` (``foreign``: their names)."""
-    if foreign:
-        raise ValueError(
-            f"training on several devices (--devices > 1) synchronises only the model's nn.Module parameters, "
-            f"but these pyro.param parameters are not in the module and would drift apart between processes: "
-            f"{', '.join(sorted(foreign))}. Make them nn.Parameter attributes of the module (or PyroParam "
-            f"attributes of a PyroModule), or train with --devices 1")
-
-
-class DistributedLoss(torch.nn.Module):
-    """The module DDP wraps: holds the user's module (so DDP sees and synchronises its parameters) and
-    returns the objective's differentiable loss of the batch ``x`` (scaled by ``num_data / len(x)``)."""
-
-    def __init__(self, module: torch.nn.Module, objective, num_data: int):
-        super().__init__()
-        self.module, self.objective, self.num_data = module, objective, num_data
-
-    def forward(self, x: torch.Tensor, model: Callable, guide: Callable, **data) -> torch.Tensor:
-        """``model``/``guide``: the module's programs, possibly wrapped (KL warm-up)."""
-        if x.shape[0] == 0:   # an empty share of a short last batch: no loss, but every parameter takes part
-            return sum(p.sum() for p in self.module.parameters() if p.requires_grad) * 0.0
-        return self.objective.differentiable_loss(model, guide, x, num_data=self.num_data, **data)
-
-
-def buffer_sync(every_step: bool) -> dict:
-    """DistributedDataParallel's argument for syncing buffers from rank 0 before every forward (or only when
-    it is built): ``forward_sync_buffers`` where torch has it, else ``broadcast_buffers`` (which, False, also
-    skips the sync at construction; every rank builds the same buffers from the same seed anyway)."""
-    parameters = inspect.signature(torch.nn.parallel.DistributedDataParallel.__init__).parameters
-    return {"forward_sync_buffers" if "forward_sync_buffers" in parameters else "broadcast_buffers": every_step}
-
-
-def all_reduce_sum(values: Sequence, device: torch.device) -> List[float]:
-    """Sum ``values`` (floats or 0-dim tensors) over all ranks in one float64 all-reduce."""
-    return start_all_reduce_sum(values, device)()
-
-
-def start_all_reduce_sum(values: Sequence, device: torch.device) -> Callable[[], List[float]]:
-    """Start summing ``values`` over all ranks (one float64 all-reduce, asynchronous); call the result to wait
-    for the sums.  Every rank must start its collectives in the same order."""
-    tensor = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device).reshape(()) for v in values])
-    work = dist.all_reduce(tensor, async_op=True)
-
-    def wait() -> List[float]:
-        work.wait()
-        return tensor.tolist()
-    return wait
-
-
-def barrier(device: torch.device) -> None:
-    if device.type == "cuda":
-        dist.barrier(device_ids=[device.index])
-    else:
-        dist.barrier()
+    Returns:
+        a :class:`TrainResult`; ``result.model`` is the VAE with the *best* validation bound.
+    """
+    ckpt = check_start(config, resume)                  # clear errors before taking the folder
+    if ckpt is not None and finished(ckpt, config) and (Path(config.out) / SUMMARY).exists():
+        return finished_result(config, ckpt)
+    with run_lock(config.out):
+        if config.devices > 1:
+            return launch(config, resume=resume, progress=progress, data=data, on_step=on_step, figures=figures)
+        return run(config, None, resume=resume, progress=progress, data=data, on_step=on_step, figures=figures)
 
 
 # -- the launcher ----------------------------------------------------------------------------------------
@@ -168,7 +106,7 @@ def check_devices(config) -> None:
 
 def launch(config, resume: bool = False, progress: bool = True, data=None, on_step: Optional[Callable] = None,
            figures: bool = True):
-    """Train with ``config.devices`` processes and return the :class:`~pyro_vae.training.TrainResult` read back
+    """Train with ``config.devices`` processes and return the :class:`~pyro_vae.run.TrainResult` read back
     from the run folder (``model``: ``best.pt``'s model, or the last checkpoint's before the first epoch ended).
 
     ``data`` (a pre-loaded data set) is copied to every process (as numpy arrays through the start-up pipe, not
@@ -176,7 +114,6 @@ def launch(config, resume: bool = False, progress: bool = True, data=None, on_st
     (a module-level function, or an instance of a module-level class).  An error in a process is raised here
     as the same exception type and message where possible.
     """
-    from .training import check_start
     world = config.devices
     check_start(config, resume)
     check_devices(config)
@@ -187,7 +124,6 @@ def launch(config, resume: bool = False, progress: bool = True, data=None, on_st
             raise ValueError(f"on_step must be picklable to run in the training processes (--devices {world}): "
                              f"a module-level function or an instance of a module-level class ({e})") from None
     if data is None and config.download:   # fetch missing files once, not N times at once into one folder
-        from .data import load_dataset
         load_dataset(config.dataset, config.data_dir, config.resolved_binarize(), config.valid_size, config.seed,
                      True)
     import torch.multiprocessing as mp
@@ -257,14 +193,10 @@ def _to_arrays(data):
 def _from_arrays(fields):
     if fields is None:
         return None
-    from .data import Dataset
     return Dataset(**{k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in fields.items()})
 
 
 def _read_result(config, stop_reason: str, stop_signal=None):
-    from .training import (BEST, CHECKPOINT, TrainResult, config_bound_name, load_checkpoint, load_vae,
-                           resolve_device)
-    from pathlib import Path
     out = Path(config.out)
     ckpt = load_checkpoint(out / CHECKPOINT)
     device = resolve_device(config.device)
@@ -313,9 +245,8 @@ def _on_worker_sigint(parent_pid: int):
 
 def _train_worker(rank: int, world: int, port: int, parent_pid: int, config, resume: bool, progress: bool,
                   data, on_step, figures: bool, results, stop_event) -> None:
-    """One training process: join the process group, run :func:`~pyro_vae.training.train`, report to the
-    launcher (rank 0: the stop reason; any rank: its error)."""
-    global _WORKER
+    """One training process: join the process group and run :func:`~pyro_vae.run.run` with its
+    :class:`~pyro_vae.parallel.DDPGroup`; report to the launcher (rank 0: the stop reason; any rank: its error)."""
     for s in STOP_SIGNALS:
         signal.signal(s, _on_worker_sigint(parent_pid))
     os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
@@ -328,10 +259,9 @@ def _train_worker(rank: int, world: int, port: int, parent_pid: int, config, res
         else:
             device, backend = torch.device("cpu"), "gloo"
         dist.init_process_group(backend, rank=rank, world_size=world)
-        _WORKER = WorkerContext(rank, world, device, stop_event)
-        from .training import train
-        result = train(config, resume=resume, progress=progress and rank == 0, data=_from_arrays(data),
-                       on_step=on_step if rank == 0 else None, figures=figures)
+        result = run(config, DDPGroup(rank, world, device, stop_event), resume=resume,
+                     progress=progress and rank == 0, data=_from_arrays(data), on_step=on_step if rank == 0 else None,
+                     figures=figures)
         if rank == 0:
             results.put(("done", rank, result.stop_reason))
     except KeyboardInterrupt:
@@ -340,6 +270,5 @@ def _train_worker(rank: int, world: int, port: int, parent_pid: int, config, res
         results.put(("error", rank, _describe(e)))
         raise
     finally:
-        _WORKER = None
         if dist.is_initialized():
             dist.destroy_process_group()

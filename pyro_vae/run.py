@@ -1,0 +1,157 @@
+"""A training run, assembled: config -> data -> model (contract-checked) -> :class:`~pyro_vae.training.Trainer`
+-> fit -> test bounds, ``summary.json`` and figures (:func:`run`), with the checks that come first: resuming a
+run with a compatible config, never overwriting one (:func:`check_start`), a finished run left alone
+(:func:`finished_result`).  :func:`pyro_vae.launch.train` is the function the CLI calls: it holds the run folder
+and runs this in one process or N.
+"""
+import dataclasses
+import json
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import pyro
+
+from .checkpoint import (BEST, CHECKPOINT, CONFIG, SUMMARY, atomic_write_text, load_checkpoint, migrate_history,
+                         refuse_overwrite)
+from .config import RESUMABLE_CHANGES, TrainConfig
+from .data import Dataset, load_dataset
+from .devices import resolve_device
+from .factory import build_model, check_splits, config_bound_name, load_vae
+from .parallel import SingleProcess
+from .seeds import seed_for
+from .training import Trainer
+from .vae import VAE
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What :func:`train` returns.  ``history`` has one dict per finished epoch (as in metrics.jsonl)."""
+    model: Any
+    history: List[Dict[str, float]]
+    best_epoch: int
+    best_val_bound: float   # the objective's bound on the validation set, named by ``bound``
+    stop_reason: str        # "completed" | "early_stopping" | "interrupted"
+    out_dir: Path
+    bound: str = "ELBO"     # e.g. "IWAE_5": what early stopping compared (pyro_vae.objectives.bound_name)
+    stop_signal: Optional[int] = None   # SIGINT or SIGTERM when a signal interrupted the run
+    already_finished: bool = False      # a resume of a finished run: nothing was trained or rewritten
+
+    @property
+    def best_val_elbo(self) -> float:
+        """The old name of :attr:`best_val_bound` (which holds the objective's bound: the ELBO only when
+        ``bound == "ELBO"``)."""
+        warnings.warn("TrainResult.best_val_elbo is best_val_bound, the objective's bound named by "
+                      "TrainResult.bound; use those names", DeprecationWarning, stacklevel=2)
+        return self.best_val_bound
+
+
+def _check_resume_config(saved: Dict[str, Any], config: TrainConfig, path: Path) -> None:
+    current = config.to_dict()
+    changed = {k: (saved.get(k), v) for k, v in current.items()
+               if saved.get(k) != v and k not in RESUMABLE_CHANGES}
+    if saved.get("lr_schedule") == "cosine" and saved.get("epochs") != config.epochs:
+        changed["epochs"] = (saved.get("epochs"), config.epochs)   # the cosine schedule is fixed by epochs
+    if changed:
+        listing = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        raise ValueError(f"cannot resume {path} with a different config ({listing}); only "
+                         f"{', '.join(RESUMABLE_CHANGES)} may change on --resume (epochs not with "
+                         f"--lr-schedule cosine, whose schedule ends at the original --epochs)")
+
+
+def check_start(config: TrainConfig, resume: bool) -> Optional[Dict[str, Any]]:
+    """The checkpoint to resume from (None for a fresh run), or a clear error: a resume without a
+    checkpoint or with a changed config, a fresh run into a folder that holds one."""
+    ckpt_path = Path(config.out) / CHECKPOINT
+    if resume:
+        if not ckpt_path.exists():
+            raise FileNotFoundError(f"--resume given but there is no checkpoint at {ckpt_path}")
+        ckpt = load_checkpoint(ckpt_path)
+        _check_resume_config(ckpt["config"], config, ckpt_path)
+        return ckpt
+    refuse_overwrite(config.out)   # checked here too, before minutes of data loading
+    return None
+
+
+def finished(ckpt: Dict[str, Any], config: TrainConfig) -> bool:
+    """Whether the checkpointed run has nothing left to do under ``config`` (its epochs and patience)."""
+    return bool(ckpt["history"]) and ckpt["step"] == 0 and (
+        ckpt["epoch"] >= config.epochs or 0 < config.patience <= ckpt["epochs_since_best"])
+
+
+def finished_result(config: TrainConfig, ckpt: Dict[str, Any]) -> TrainResult:
+    out = Path(config.out)
+    summary = json.loads((out / SUMMARY).read_text())
+    model = load_vae(out / BEST)[0] if (out / BEST).exists() else None
+    bound = config_bound_name(config)
+    best = ckpt["best_val_bound"] if "best_val_bound" in ckpt else ckpt["best_val_elbo"]
+    return TrainResult(model, migrate_history(ckpt["history"], bound), ckpt["best_epoch"], best,
+                       summary.get("stop_reason", "completed"), out, bound, already_finished=True)
+
+
+def run(config: TrainConfig, parallel: Optional[Any] = None, resume: bool = False, progress: bool = True,
+        data: Optional[Dataset] = None, on_step: Optional[Callable] = None, figures: bool = True) -> TrainResult:
+    """One process's part of a run: assemble the data, the model (contract-checked), the trainer; fit; then
+    the test bounds, ``summary.json`` and the figures.  ``parallel``: this process's
+    :class:`~pyro_vae.parallel.DDPGroup`, or one process (default).  The caller holds the run folder
+    (:func:`pyro_vae.launch.train` takes its lock and starts the processes)."""
+    out = Path(config.out)
+    ckpt = check_start(config, resume)
+    device = parallel.device if parallel is not None else resolve_device(config.device)
+    parallel = parallel if parallel is not None else SingleProcess(device)
+    pyro.clear_param_store()
+    pyro.set_rng_seed(config.seed)
+    if data is None:
+        data = load_dataset(config.dataset, config.data_dir, config.resolved_binarize(), config.valid_size,
+                            config.seed, config.download)
+    vae, extra = build_model(config, data, fresh=ckpt is None)
+    vae = vae.to(device)
+    check_splits(vae, data, config)
+    validating = getattr(vae, "validate_inputs", None)
+    if validating is not None:
+        vae.validate_inputs = False
+    trainer = Trainer(vae, data, config, checkpoint_extra=extra, on_step=on_step, progress=progress,
+                      parallel=parallel)
+    if config.model and trainer._foreign_params:
+        # best.pt and load_vae rebuild the module from its class and state_dict: pyro.param values outside
+        # it would come back at their initial values in `evaluate`, `sample` and the summary's test bound
+        raise ValueError(f"--model {config.model}: these parameters are pyro.param calls, not parameters of the "
+                         f"module: {', '.join(sorted(trainer._foreign_params))}. Make them nn.Parameter (or "
+                         f"PyroParam) attributes of the module, so checkpoints can rebuild the model")
+    if ckpt is not None:
+        trainer.load_state_dict(ckpt)
+    if parallel.is_writer:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(json.dumps(config.to_dict(), indent=2) + "\n", out / CONFIG)
+    try:
+        stop_reason = trainer.fit()
+    finally:
+        if validating is not None:
+            vae.validate_inputs = validating
+    parallel.barrier()   # the writer has written best.pt
+    best = vae
+    if (out / BEST).exists():
+        best, _ = load_vae(out / BEST, map_location=str(device))
+        best.to(device)
+    if stop_reason != "interrupted":
+        test_bound, test_elbo = trainer.split_bounds(best, data.test.to(trainer.device),
+                                                     seed_for(trainer.config.seed, "test"), **trainer.side_inputs("test"))
+        summary = {"bound": trainer.bound_name,                        # early stopping compared this bound
+                   "best_epoch": trainer.best_epoch, "best_val_bound": trainer.best_val_bound,
+                   "test_bound": test_bound, "test_elbo": test_elbo, "epochs_run": trainer.epoch,
+                   "stop_reason": stop_reason, "num_train": trainer.num_train,
+                   "seconds": sum(r["seconds"] for r in trainer.history)}
+        if parallel.is_writer:
+            atomic_write_text(json.dumps(summary, indent=2) + "\n", out / SUMMARY)
+        if figures and parallel.is_writer:
+            from .plots import plot_training_curves, write_run_figures
+            try:
+                if isinstance(best, VAE):
+                    write_run_figures(best, data, trainer.history, out)
+                else:   # a user model: the curves; its own figures are its author's to draw
+                    plot_training_curves(trainer.history, out / "curves.png")
+            except Exception as e:  # noqa: BLE001 - a figure must never turn a finished run into a failure
+                warnings.warn(f"figures skipped: {e}")
+    return TrainResult(best, trainer.history, trainer.best_epoch, trainer.best_val_bound, stop_reason, out,
+                       trainer.bound_name, trainer.stop_signal)
+
