@@ -17,7 +17,7 @@ from .checkpoint import (BEST, CHECKPOINT, CONFIG, SUMMARY, atomic_write_text, l
 from .config import RESUMABLE_CHANGES, TrainConfig
 from .data import Dataset, load_dataset
 from .devices import resolve_device
-from .factory import build_model, check_splits, config_bound_name, load_vae
+from .factory import build_model, config_bound_name, load_vae
 from .parallel import SingleProcess
 from .seeds import seed_for
 from .training import Trainer
@@ -106,10 +106,6 @@ def run(config: TrainConfig, parallel: Optional[Any] = None, resume: bool = Fals
                             config.seed, config.download)
     vae, extra = build_model(config, data, fresh=ckpt is None)
     vae = vae.to(device)
-    check_splits(vae, data, config)
-    validating = getattr(vae, "validate_inputs", None)
-    if validating is not None:
-        vae.validate_inputs = False
     trainer = Trainer(vae, data, config, checkpoint_extra=extra, on_step=on_step, progress=progress,
                       parallel=parallel)
     if config.model and trainer._foreign_params:
@@ -123,11 +119,7 @@ def run(config: TrainConfig, parallel: Optional[Any] = None, resume: bool = Fals
     if parallel.is_writer:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(json.dumps(config.to_dict(), indent=2) + "\n", out / CONFIG)
-    try:
-        stop_reason = trainer.fit()
-    finally:
-        if validating is not None:
-            vae.validate_inputs = validating
+    stop_reason = trainer.fit()
     parallel.barrier()   # the writer has written best.pt
     best = vae
     if (out / BEST).exists():

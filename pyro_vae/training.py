@@ -21,12 +21,13 @@ Never losing work: ``OUT/checkpoint.pt`` is rewritten atomically after every epo
 rest of the epoch exactly); ``OUT/best.pt`` holds the model with the best validation bound; a
 non-finite loss stops training with :class:`TrainingDiverged`, keeping the last good checkpoint.
 """
+import contextlib
 import json
 import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 import torch
 import pyro
@@ -41,7 +42,7 @@ from .checkpoint import (BEST, CHECKPOINT, FORMAT, METRICS, atomic_save, atomic_
 from .config import TrainConfig
 from .data import Dataset
 from .evaluation import total_bound
-from .factory import objective_for
+from .factory import check_splits, objective_for
 from .parallel import SingleProcess
 from .objectives import bound_name
 from .seeds import epoch_permutation, rng_state, seed_for, set_rng_state
@@ -62,6 +63,22 @@ def make_adam(params: List[torch.Tensor], lr: float) -> torch.optim.Adam:
 
 
 # -- the loop ------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _trainer_owned(module: Any) -> Iterator[None]:
+    """A step of the trainer: the module need not register its parameters in Pyro's param store (the trainer's
+    optimiser owns them) nor check each batch (the trainer checked its data set once): a module's
+    ``register_params`` / ``validate_inputs`` flags, where it has them (:class:`~pyro_vae.VAE`), are off for the
+    step and restored after it."""
+    # plain instance attributes, set in the instance dict: nn.Module.__setattr__ costs ~30 Python calls a step
+    attributes = vars(module)
+    flags = {name: attributes[name] for name in ("register_params", "validate_inputs") if name in attributes}
+    attributes.update(dict.fromkeys(flags, False))
+    try:
+        yield
+    finally:
+        attributes.update(flags)
+
 
 class Trainer:
     """Trains any ``module`` with ``model(x, num_data=None)`` / ``guide(x, num_data=None)`` methods.
@@ -98,6 +115,7 @@ class Trainer:
             raise ValueError(f"{type(module).__name__}.model takes labels y, but the data set {data.name!r} has no "
                              f"labels for its {', '.join(missing)} split(s)")
         self.train_data, self.valid_data = self.side_inputs("train"), self.side_inputs("valid")
+        check_splits(module, data, config)           # every split against the model's check_input, once
         if self.valid.shape[0] >= 3:
             # the objective's data plate (IWAE_ELBO(plate=...)), else the module's (VAE(data_plate=...))
             plate = getattr(self.objective, "plate", None) or getattr(module, "data_plate", "data")
@@ -109,6 +127,7 @@ class Trainer:
         self.best_val_bound, self.best_epoch, self.epochs_since_best = -math.inf, 0, 0
         self._stop_requested = False
         self.stop_signal: Optional[int] = None       # the signal that stopped fit(), if one did
+        self._check_next_step = is_validation_enabled()   # Pyro's checks on a trainer's first step (and each fit's)
         # KL warm-up wraps the programs once (a stable identity: objectives cache per program); beta is set per step
         self._warmup = (LatentScaleMessenger(1.0), LatentScaleMessenger(1.0))
         self._warm_programs = (self._warmup[0](module.model), self._warmup[1](module.guide))
@@ -274,13 +293,14 @@ class Trainer:
         model, guide = self._programs()
         # Pyro's own checks (model/guide site match, shapes) run on the first step of each fit();
         # once they pass, the program's structure is fixed and re-checking costs ~1 ms per step.
-        with pyro.validation_enabled(self._check_next_step and x.shape[0] > 0):
+        with pyro.validation_enabled(self._check_next_step and x.shape[0] > 0), _trainer_owned(self.module):
             loss = self._loss(x, model, guide, **data)     # N / b * sum over the share (0 for an empty share)
         self._check_next_step = False
         stop = self._stop_requested or self.parallel.external_stop()
         reduced = self.parallel.start_step_reduce(loss, x.shape[0], batch_size, self.num_train, stop)
         self.optimizer.zero_grad(set_to_none=True)
-        (loss * self.parallel.share_weight(x.shape[0], batch_size)).backward()
+        weight = self.parallel.share_weight(x.shape[0], batch_size)     # 1 in one process
+        (loss if weight == 1.0 else loss * weight).backward()
         loss_value, _ = reduced()
         if not math.isfinite(loss_value):           # every process raises together, before any update
             raise self._diverged(f"loss became {loss_value} at epoch {self.epoch + 1}, step {self.step + 1} "
@@ -358,11 +378,6 @@ class Trainer:
         if self.parallel.rank > 0:   # rank 0 continues the saved stream; the others draw their own noise
             pyro.set_rng_seed(seed_for(self.config.seed, "rank", self.epoch, self.step, self.parallel.rank))
         self._check_next_step = is_validation_enabled()
-        # The trainer owns the optimiser over module.parameters(), so the module need not register
-        # them in Pyro's param store on every call (see VAE.register_params).
-        registering = getattr(self.module, "register_params", None)
-        if registering is not None:
-            self.module.register_params = False
         with stop_on_signal:
             try:
                 if self.history and 0 < self.config.patience <= self.epochs_since_best:
@@ -395,6 +410,4 @@ class Trainer:
                 return "completed"
             finally:
                 bar.close()
-                if registering is not None:
-                    self.module.register_params = registering
                 self.stop_signal = stop_on_signal.received or self.stop_signal
