@@ -11,5 +11,4 @@ from .config import TrainConfig
 from .training import Trainer
 from .launch import train
 from .factory import load_vae
-
-__version__ = "0.1.0"
+from .version import __version__

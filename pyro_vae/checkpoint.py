@@ -21,6 +21,8 @@ from typing import Any, Dict, Iterator, List
 
 import torch
 
+from .version import __version__
+
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
 METRICS = "metrics.jsonl"
@@ -98,13 +100,8 @@ def load_checkpoint(path, map_location: str = "cpu") -> Dict[str, Any]:
             newer = True
         if newer:
             raise ValueError(f"{path} was written by a newer pyro_vae (format {written!r}; this version, "
-                             f"{_version()}, reads {FORMAT!r}): upgrade pyro_vae to load it")
+                             f"{__version__}, reads {FORMAT!r}): upgrade pyro_vae to load it")
     return ckpt
-
-
-def _version() -> str:
-    from . import __version__
-    return __version__
 
 
 def migrate_history(rows: List[Dict[str, Any]], bound: str) -> List[Dict[str, Any]]:

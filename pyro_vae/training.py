@@ -46,6 +46,7 @@ from .factory import check_splits, objective_for
 from .parallel import SingleProcess
 from .objectives import bound_name
 from .seeds import epoch_permutation, rng_state, seed_for, set_rng_state
+from .version import __version__
 from .warmup import LatentScaleMessenger, warmup_beta, warmup_beta_at_epoch_end
 from .signals import SafeStream, StopOnSignal
 
@@ -189,7 +190,7 @@ class Trainer:
     def state_dict(self) -> Dict[str, Any]:
         return {
             "format": FORMAT,
-            "pyro_vae_version": __import__("pyro_vae").__version__,
+            "pyro_vae_version": __version__,
             "config": self.config.to_dict(),
             "model_state": self.module.state_dict(),
             # pyro.param values of user models; nn.Module parameters ("name$$$...") live in model_state
