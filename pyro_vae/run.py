@@ -20,7 +20,7 @@ from .devices import resolve_device
 from .factory import build_model, config_bound_name, load_vae
 from .parallel import SingleProcess
 from .seeds import seed_for
-from .training import Trainer
+from .training import Trainer, best_epoch, epochs_since_best
 from .vae import VAE
 
 
@@ -75,8 +75,9 @@ def check_start(config: TrainConfig, resume: bool) -> Optional[Dict[str, Any]]:
 
 def finished(ckpt: Dict[str, Any], config: TrainConfig) -> bool:
     """Whether the checkpointed run has nothing left to do under ``config`` (its epochs and patience)."""
-    return bool(ckpt["history"]) and ckpt["step"] == 0 and (
-        ckpt["epoch"] >= config.epochs or 0 < config.patience <= ckpt["epochs_since_best"])
+    history = ckpt["history"]
+    return bool(history) and ckpt["step"] == 0 and (
+        ckpt["epoch"] >= config.epochs or 0 < config.patience <= epochs_since_best(migrate_history(history, "")))
 
 
 def finished_result(config: TrainConfig, ckpt: Dict[str, Any]) -> TrainResult:
@@ -84,9 +85,10 @@ def finished_result(config: TrainConfig, ckpt: Dict[str, Any]) -> TrainResult:
     summary = json.loads((out / SUMMARY).read_text())
     model = load_vae(out / BEST)[0] if (out / BEST).exists() else None
     bound = config_bound_name(config)
-    best = ckpt["best_val_bound"] if "best_val_bound" in ckpt else ckpt["best_val_elbo"]
-    return TrainResult(model, migrate_history(ckpt["history"], bound), ckpt["best_epoch"], best,
-                       summary.get("stop_reason", "completed"), out, bound, already_finished=True)
+    history = migrate_history(ckpt["history"], bound)
+    epoch = best_epoch(history)
+    return TrainResult(model, history, epoch, history[epoch - 1]["val_bound"], summary.get("stop_reason", "completed"),
+                       out, bound, already_finished=True)
 
 
 def run(config: TrainConfig, parallel: Optional[Any] = None, resume: bool = False, progress: bool = True,

@@ -50,6 +50,16 @@ from .version import __version__
 from .warmup import LatentScaleMessenger, warmup_beta, warmup_beta_at_epoch_end
 from .signals import SafeStream, StopOnSignal
 
+def best_epoch(history: List[Dict[str, Any]]) -> int:
+    """The epoch with the best validation bound (the first of equals), 0 before any epoch."""
+    return max(history, key=lambda row: row["val_bound"])["epoch"] if history else 0
+
+
+def epochs_since_best(history: List[Dict[str, Any]]) -> int:
+    """Epochs finished since the best one: what early stopping's patience counts."""
+    return history[-1]["epoch"] - best_epoch(history) if history else 0
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
@@ -125,7 +135,6 @@ class Trainer:
         self.epoch, self.step = 0, 0
         self.epoch_loss_sum, self.epoch_start_time = 0.0, None
         self.history: List[Dict[str, float]] = []
-        self.best_val_bound, self.best_epoch, self.epochs_since_best = -math.inf, 0, 0
         self._stop_requested = False
         self.stop_signal: Optional[int] = None       # the signal that stopped fit(), if one did
         self._check_next_step = is_validation_enabled()   # Pyro's checks on a trainer's first step (and each fit's)
@@ -199,8 +208,9 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "epoch": self.epoch, "step": self.step, "epoch_loss_sum": self.epoch_loss_sum,
             "epoch_elapsed": time.time() - self.epoch_start_time if self.epoch_start_time and self.step else 0.0,
+            # derived from the history, stored for readers of the file
             "history": self.history, "best_val_bound": self.best_val_bound, "best_epoch": self.best_epoch,
-            "epochs_since_best": self.epochs_since_best,
+            "epochs_since_best": epochs_since_best(self.history),
             "rng": rng_state(self.parallel.gpu),
             **self.checkpoint_extra,
         }
@@ -218,10 +228,6 @@ class Trainer:
         self.epoch, self.step, self.epoch_loss_sum = ckpt["epoch"], ckpt["step"], ckpt["epoch_loss_sum"]
         self.epoch_start_time = time.time() - ckpt["epoch_elapsed"]   # time already spent in a half-done epoch
         self.history = migrate_history(ckpt["history"], self.bound_name)
-        # checkpoints before the bounds were named kept the objective's bound as best_val_elbo
-        self.best_val_bound = ckpt["best_val_bound"] if "best_val_bound" in ckpt else ckpt["best_val_elbo"]
-        self.best_epoch = ckpt["best_epoch"]
-        self.epochs_since_best = ckpt["epochs_since_best"]
         set_rng_state(ckpt["rng"], self.parallel.gpu)
 
     def save_checkpoint(self) -> None:
@@ -347,14 +353,23 @@ class Trainer:
         self.epoch_loss_sum = 0.0
         if self.scheduler is not None:
             self.scheduler.step()
-        if val_bound > self.best_val_bound:
-            self.best_val_bound, self.best_epoch, self.epochs_since_best = val_bound, self.epoch, 0
+        if self.best_epoch == self.epoch:
             self._save_best()
-        else:
-            self.epochs_since_best += 1
         self.save_checkpoint()
         self._write_metrics()
-        return 0 < self.config.patience <= self.epochs_since_best
+        return self._patience_exhausted()
+
+    @property
+    def best_epoch(self) -> int:
+        return best_epoch(self.history)
+
+    @property
+    def best_val_bound(self) -> float:
+        """The best validation bound so far (-inf before the first epoch)."""
+        return self.history[self.best_epoch - 1]["val_bound"] if self.history else -math.inf
+
+    def _patience_exhausted(self) -> bool:
+        return 0 < self.config.patience <= epochs_since_best(self.history)
 
     def beta_at_epoch_end(self) -> float:
         return warmup_beta_at_epoch_end(self.epoch, self.config.warmup_epochs)
@@ -381,7 +396,7 @@ class Trainer:
         self._check_next_step = is_validation_enabled()
         with stop_on_signal:
             try:
-                if self.history and 0 < self.config.patience <= self.epochs_since_best:
+                if self._patience_exhausted():
                     return "early_stopping"
                 while self.epoch < self.config.epochs:
                     if self.step == 0:
