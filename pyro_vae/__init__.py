@@ -4,6 +4,7 @@ from .likelihoods import (BernoulliLikelihood, ContinuousBernoulliLikelihood, Ga
 from .networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
 from .priors import Prior, StandardNormalPrior, build_prior
 from .vae import VAE, build_vae
+from .plates import data_plate
 from .importance import ModelGuideContractError, importance_weights, log_weights
 from .objectives import CIWAE_ELBO, IWAE_ELBO, MIWAE_ELBO, PIWAE_ELBO, bound_name, build_objective
 from .evaluation import JointLogLikelihood, LogLikelihoodSummary, evaluate, joint_log_likelihood, log_likelihood

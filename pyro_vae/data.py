@@ -657,6 +657,17 @@ def _check_data_array(x: np.ndarray, what: str) -> None:
         )
 
 
+def chw(image_shape) -> Tuple[int, int, int]:
+    """An image shape ``(H, W)`` or ``(C, H, W)`` as ``(C, H, W)``, every size positive; a ``ValueError``
+    naming the shape otherwise.  (The one reading of image shapes: networks and figures use it.)"""
+    shape = tuple(int(s) for s in image_shape)
+    if len(shape) == 2:
+        shape = (1,) + shape
+    if len(shape) != 3 or min(shape) < 1:
+        raise ValueError(f"image_shape must be (H, W) or (C, H, W) with positive sizes, got {tuple(image_shape)}")
+    return shape
+
+
 def _image_shape(example_shape: Tuple[int, ...]) -> Optional[Tuple[int, ...]]:
     """``(1, H, W)`` for ``[H, W]`` examples, ``(C, H, W)`` for ``[C, H, W]``, else None."""
     if len(example_shape) == 2:

@@ -17,6 +17,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .data import chw
+
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "softplus": nn.Softplus}
 NETWORKS = ("mlp", "conv")
 
@@ -78,16 +80,6 @@ class MLPDecoder(nn.Module):
         return self.net(z)
 
 
-def _image_shape(image_shape: Sequence[int]) -> Tuple[int, int, int]:
-    """(H, W) or (C, H, W) -> (C, H, W)."""
-    shape = tuple(int(s) for s in image_shape)
-    if len(shape) == 2:
-        shape = (1,) + shape
-    if len(shape) != 3 or min(shape) < 1:
-        raise ValueError(f"image_shape must be (H, W) or (C, H, W), got {tuple(image_shape)}")
-    return shape
-
-
 def _conv_out(n: int) -> int:
     """Spatial size after a 3x3 convolution with stride 2 and padding 1."""
     return (n - 1) // 2 + 1
@@ -103,7 +95,7 @@ class ConvEncoder(nn.Module):
     def __init__(self, image_shape: Sequence[int], latent_dim: int, channels: Sequence[int] = (32, 64),
                  activation: str = "relu"):
         super().__init__()
-        self.image_shape = _image_shape(image_shape)
+        self.image_shape = chw(image_shape)
         c, h, w = self.image_shape
         self.data_dim, self.latent_dim = c * h * w, latent_dim
         layers = []
@@ -132,7 +124,7 @@ class ConvDecoder(nn.Module):
     def __init__(self, latent_dim: int, image_shape: Sequence[int], channels: Sequence[int] = (32, 64),
                  activation: str = "relu"):
         super().__init__()
-        self.image_shape = _image_shape(image_shape)
+        self.image_shape = chw(image_shape)
         c, h, w = self.image_shape
         self.data_dim, self.latent_dim = c * h * w, latent_dim
         sizes = [(h, w)]

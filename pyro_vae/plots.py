@@ -55,6 +55,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from .data import chw
+
 __all__ = [
     "plot_training_curves",
     "plot_image_grid",
@@ -130,17 +132,10 @@ def _wrap_title(title: str, fig_width_in: float, fontsize: float) -> str:
 
 
 def _parse_image_shape(image_shape: Sequence[int]) -> Tuple[int, int, int]:
-    shape = tuple(int(s) for s in image_shape)
-    if len(shape) == 2:
-        c, (h, w) = 1, shape
-    elif len(shape) == 3:
-        c, h, w = shape
-    else:
-        raise ValueError(f"image_shape must be (C, H, W) or (H, W), got {tuple(image_shape)}")
+    """:func:`pyro_vae.data.chw`, for a picture: grey (C = 1) or colour (C = 3)."""
+    c, h, w = chw(image_shape)
     if c not in (1, 3):
-        raise ValueError(f"image_shape channel count C must be 1 or 3, got C={c} in {shape}")
-    if h <= 0 or w <= 0:
-        raise ValueError(f"image_shape must have positive H and W, got {shape}")
+        raise ValueError(f"image_shape channel count C must be 1 or 3, got C={c} in {tuple(image_shape)}")
     return c, h, w
 
 

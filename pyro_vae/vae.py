@@ -29,6 +29,7 @@ import pyro
 from .distributions import DiagonalNormal
 from .likelihoods import Likelihood, build_likelihood
 from .networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, NETWORKS
+from .plates import data_plate
 from .priors import Prior, StandardNormalPrior, build_prior
 
 
@@ -80,26 +81,13 @@ class VAE(nn.Module):
         # (plain SVI) find them.  It costs ~0.4 ms per call, so a trainer that owns a torch optimiser
         # over self.parameters() switches it off.
         self.register_params = True
-        self._index_cache: Optional[torch.Tensor] = None   # arange(B) for the plate's subsample
 
     # -- Pyro programs ------------------------------------------------------------------------
 
     def _plate(self, x: torch.Tensor, num_data: Optional[int]):
         if self.validate_inputs:
             self.check_input(x)
-        batch = x.shape[0]
-        if num_data is None or num_data == batch:
-            return pyro.plate(self.data_plate, batch)
-        if num_data < batch:
-            raise ValueError(f"num_data={num_data} is smaller than the batch ({batch} points)")
-        # The batch *is* the subsample: the plate scales every log-density inside it by N / B.
-        return pyro.plate(self.data_plate, size=num_data, subsample=self._indices(batch, x.device))
-
-    def _indices(self, batch: int, device: torch.device) -> torch.Tensor:
-        cached = self._index_cache
-        if cached is None or cached.shape[0] != batch or cached.device != device:
-            cached = self._index_cache = torch.arange(batch, device=device)
-        return cached
+        return data_plate(x, num_data, self.data_plate)   # the batch is the subsample: log-densities scaled by N/B
 
     def model(self, x: torch.Tensor, num_data: Optional[int] = None) -> torch.Tensor:
         """p(x, z) = p(z) p(x | z) for a batch ``x: [N, D]``; ``num_data`` is the full data-set size."""

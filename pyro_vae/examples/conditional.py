@@ -19,6 +19,7 @@ from torch.nn import functional as F
 
 from ..distributions import BernoulliVector, DiagonalNormal, StandardNormal
 from ..networks import MLPDecoder, MLPEncoder
+from ..plates import data_plate
 
 
 class ConditionalVAE(nn.Module):
@@ -55,12 +56,12 @@ class ConditionalVAE(nn.Module):
         return self.decoder(torch.cat([z, self._onehot(y, z)], -1))
 
     def model(self, x: torch.Tensor, y: torch.Tensor, num_data: Optional[int] = None) -> None:
-        with pyro.plate("data", num_data or x.shape[0], subsample=torch.arange(x.shape[0], device=x.device)):
+        with data_plate(x, num_data):
             z = pyro.sample("z", StandardNormal(self.prior_loc, self.prior_scale))
             pyro.sample("x", BernoulliVector(logits=self._decode(z, y)), obs=x)
 
     def guide(self, x: torch.Tensor, y: torch.Tensor, num_data: Optional[int] = None) -> None:
-        with pyro.plate("data", num_data or x.shape[0], subsample=torch.arange(x.shape[0], device=x.device)):
+        with data_plate(x, num_data):
             pyro.sample("z", DiagonalNormal(*self.encoder(torch.cat([x, self._onehot(y, x)], -1))))
 
     @torch.no_grad()

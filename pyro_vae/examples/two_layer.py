@@ -22,6 +22,7 @@ from torch import nn
 
 from ..distributions import BernoulliVector, DiagonalNormal, StandardNormal
 from ..networks import MLPDecoder, MLPEncoder
+from ..plates import data_plate
 
 
 class TwoLayerVAE(nn.Module):
@@ -52,7 +53,7 @@ class TwoLayerVAE(nn.Module):
         self.register_buffer("prior_scale", torch.ones(latent_dim), persistent=False)
 
     def _plate(self, x: torch.Tensor, num_data: Optional[int]):
-        return pyro.plate("data", num_data or x.shape[0], subsample=torch.arange(x.shape[0], device=x.device))
+        return data_plate(x, num_data)
 
     def model(self, x: torch.Tensor, num_data: Optional[int] = None) -> None:
         with self._plate(x, num_data):
