@@ -354,17 +354,7 @@ def _to_dataset(name: str, arrays: _Arrays, binarize: str) -> Dataset:
         y = getattr(arrays, f"{split}_labels")
         labels[split] = None if y is None else torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
 
-    return Dataset(
-        name=name,
-        train=data["train"],
-        valid=data["valid"],
-        test=data["test"],
-        train_labels=labels["train"],
-        valid_labels=labels["valid"],
-        test_labels=labels["test"],
-        image_shape=arrays.image_shape,
-        binarize=binarize,
-    )
+    return Dataset(name=name, **_splits(data, labels), image_shape=arrays.image_shape, binarize=binarize)
 
 
 # ----------------------------------------------------------------------------- splits
@@ -657,6 +647,11 @@ def _check_data_array(x: np.ndarray, what: str) -> None:
         )
 
 
+def _splits(data, labels) -> dict:
+    """``train=, valid=, test=, train_labels=, ...``: the per-split fields of a data set, from two dicts by split."""
+    return {**{split: data[split] for split in SPLITS}, **{f"{split}_labels": labels[split] for split in SPLITS}}
+
+
 def chw(image_shape) -> Tuple[int, int, int]:
     """An image shape ``(H, W)`` or ``(C, H, W)`` as ``(C, H, W)``, every size positive; a ``ValueError``
     naming the shape otherwise.  (The one reading of image shapes: networks and figures use it.)"""
@@ -752,15 +747,7 @@ def _load_array_file(path: Path, valid_size: Optional[int], seed: int) -> _Array
     if "valid" in data:
         if valid_size is not None:
             raise DataError(f"{path} has its own 'valid' array; valid_size cannot be set")
-        return _Arrays(
-            train=data["train"],
-            valid=data["valid"],
-            test=data["test"],
-            train_labels=labels["train"],
-            valid_labels=labels["valid"],
-            test_labels=labels["test"],
-            image_shape=image_shape,
-        )
+        return _Arrays(**_splits(data, labels), image_shape=image_shape)
     return _split_valid(
         data["train"],
         labels["train"],

@@ -84,17 +84,20 @@ class BernoulliLikelihood(Likelihood):
 
     def validate(self, x):
         super().validate(x)
-        outside = (x < 0) | (x > 1)
-        if outside.any():
-            raise LikelihoodError(
-                f"bernoulli likelihood needs data in {{0, 1}}, got values outside [0, 1]: "
-                f"{_describe_bad_values(x, outside)}. Rescale the data, or use --likelihood gaussian.")
+        _require_unit_interval(x, "bernoulli likelihood needs data in {0, 1}, got values outside [0, 1]:")
         fractional = (x != 0) & (x != 1)
         if fractional.any():
             raise LikelihoodError(
                 f"bernoulli likelihood needs binary data (exactly 0 or 1), got grey levels: "
                 f"{_describe_bad_values(x, fractional)}. Binarize them (--binarize static|dynamic) "
                 f"or use --likelihood continuous-bernoulli for values in [0, 1].")
+
+
+def _require_unit_interval(x, what: str) -> None:
+    outside = (x < 0) | (x > 1)
+    if outside.any():
+        raise LikelihoodError(f"{what} {_describe_bad_values(x, outside)}. Rescale the data, or use --likelihood "
+                              f"gaussian.")
 
 
 class ContinuousBernoulliLikelihood(Likelihood):
@@ -112,11 +115,7 @@ class ContinuousBernoulliLikelihood(Likelihood):
 
     def validate(self, x):
         super().validate(x)
-        outside = (x < 0) | (x > 1)
-        if outside.any():
-            raise LikelihoodError(
-                f"continuous-bernoulli likelihood needs data in [0, 1], got "
-                f"{_describe_bad_values(x, outside)}. Rescale the data or use --likelihood gaussian.")
+        _require_unit_interval(x, "continuous-bernoulli likelihood needs data in [0, 1], got")
 
 
 class GaussianLikelihood(Likelihood):
