@@ -19,7 +19,8 @@ Figures
 :func:`plot_training_curves`
     Per-epoch learning curves in nats per datapoint, higher is better: the
     training objective (``-train_loss``; under KL warm-up it is the
-    beta-weighted objective, not the ELBO) and the validation ELBO, with the best
+    beta-weighted objective, not the ELBO) and the validation bound under its name
+    (the ELBO, IWAE_K, ...; the ELBO dashed beside another bound), with the best
     validation epoch marked, plus the KL weight ``beta`` on a twin axis when it
     is not constantly 1. Use it to spot divergence, over-fitting and the effect
     of warm-up.
@@ -33,6 +34,10 @@ Figures
     ``[N, Z]`` latent codes (typically encoder means) coloured by class label:
     a jittered strip plot for Z == 1, a scatter for Z == 2, and a PCA projection
     (see :func:`pca_2d`) for Z > 2.
+:func:`plot_prior_density`
+    Contours of a 2-D density with points on top (a prior and the encoded data).
+
+The figures that ask a model for these arrays are in :mod:`pyro_vae.figures`.
 
 Figures are built with :class:`matplotlib.figure.Figure` and the Agg canvas
 directly, never through ``pyplot``: no global figure registry, no GUI backend,
@@ -603,11 +608,6 @@ def plot_latent_space(
     return _save(fig, path, tight=True)
 
 
-def _encoder_means(model: Any, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
-    """``model.encode(x)[0]`` in batches: the means of q(z | x), ``[N, Z]``."""
-    return torch.cat([model.encode(x[i:i + batch_size])[0] for i in range(0, len(x), batch_size)])
-
-
 def plot_prior_density(log_density: Any, z: Any, labels: Any, path: PathLike, extent: Optional[float] = None,
                        title: str = "Prior density p(z) and the aggregate posterior") -> Path:
     """Contours of a 2-D prior density with encoded points on top (the aggregate posterior).
@@ -636,63 +636,3 @@ def plot_prior_density(log_density: Any, z: Any, labels: Any, path: PathLike, ex
     ax.set_ylabel("z2")
     ax.set_title(title)
     return _save(fig, path, tight=True)
-
-
-def write_prior_figures(model: Any, data: Any, out_dir: PathLike) -> List[Path]:
-    """Figures of a learned prior (``model.prior`` a mixture-of-Gaussians or VampPrior, see
-    :mod:`pyro_vae.priors`): ``prior_components.png`` (each component's mean decoded, MoG) or
-    ``pseudo_inputs.png`` (the pseudo-inputs above their reconstructions, VampPrior), and for a 2-D
-    latent ``prior_density.png`` (:func:`plot_prior_density` with the test set encoded)."""
-    from .priors import MixtureOfGaussiansPrior, VampPrior
-
-    out_dir = Path(out_dir)
-    prior, written = model.prior, []
-    device = next(model.parameters()).device
-    with torch.no_grad():
-        if data.image_shape is not None and isinstance(prior, MixtureOfGaussiansPrior):
-            order = torch.argsort(prior.weights, descending=True)[:64]
-            written.append(plot_image_grid(model.decode(prior.means[order]), data.image_shape,
-                                           out_dir / "prior_components.png",
-                                           title="Mixture components: E[x | z = mu_c], by weight"))
-        if data.image_shape is not None and isinstance(prior, VampPrior):
-            u = prior.inputs()[:30]
-            written.append(plot_reconstructions(u, model.reconstruct(u), data.image_shape,
-                                                out_dir / "pseudo_inputs.png",
-                                                title="VampPrior pseudo-inputs (top) and their reconstructions"))
-        if model.latent_dim == 2:
-            loc = _encoder_means(model, data.test.to(device))
-            written.append(plot_prior_density(lambda g: prior().log_prob(g.to(device)).cpu(), loc.cpu(),
-                                              data.test_labels, out_dir / "prior_density.png"))
-    return written
-
-
-def write_run_figures(model: Any, data: Any, history: Sequence[Mapping[str, Any]], out_dir: PathLike,
-                      num_images: int = 30, seed: int = 0) -> List[Path]:
-    """The figures of a training run, written to ``out_dir``:
-
-    ``curves.png`` (training objective and validation ELBO per epoch), ``reconstructions.png``
-    (test inputs above their reconstructions), ``samples.png`` (decoded draws from the prior) and
-    ``latent.png`` (test-set encoder means coloured by label; PCA when Z > 2), plus
-    :func:`write_prior_figures`.
-
-    ``model`` needs ``reconstruct(x)``, ``sample(n)`` and ``encode(x) -> (loc, scale)``, as
-    :class:`pyro_vae.VAE` has; ``data`` is a :class:`pyro_vae.data.Dataset`.  Image figures are
-    skipped for data without an image shape.
-    """
-    out_dir = Path(out_dir)
-    device = next(model.parameters()).device
-    test = data.test.to(device)
-    written = [plot_training_curves(history, out_dir / "curves.png")]
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        if data.image_shape is not None:
-            x = test[:num_images]
-            written.append(plot_reconstructions(x, model.reconstruct(x), data.image_shape,
-                                                out_dir / "reconstructions.png"))
-            written.append(plot_image_grid(model.sample(64), data.image_shape, out_dir / "samples.png",
-                                           title="Samples: E[x | z], z ~ p(z)"))
-        loc = _encoder_means(model, test)
-        written.append(plot_latent_space(loc, data.test_labels, out_dir / "latent.png",
-                                         title="Test set: encoder means"))
-        written += write_prior_figures(model, data, out_dir)
-    return written

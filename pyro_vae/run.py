@@ -138,7 +138,8 @@ def run(config: TrainConfig, parallel: Optional[Any] = None, resume: bool = Fals
         if parallel.is_writer:
             atomic_write_text(json.dumps(summary, indent=2) + "\n", out / SUMMARY)
         if figures and parallel.is_writer:
-            from .plots import plot_training_curves, write_run_figures
+            from .figures import write_run_figures
+            from .plots import plot_training_curves
             try:
                 if isinstance(best, VAE):
                     write_run_figures(best, data, trainer.history, out)

@@ -1,0 +1,77 @@
+"""The figures of a trained model (what :mod:`pyro_vae.run` writes into a run folder): the model is asked for
+its reconstructions, samples, encoder means and prior, and :mod:`pyro_vae.plots` draws the arrays.
+
+``model`` needs ``reconstruct(x)``, ``sample(n)``, ``encode(x) -> (loc, scale)``, ``decode(z)`` and a
+``prior``, as :class:`pyro_vae.VAE` has; ``data`` is a :class:`pyro_vae.data.Dataset`.
+"""
+from pathlib import Path
+from typing import Any, List, Mapping, Sequence
+
+import torch
+
+from .plots import (PathLike, plot_image_grid, plot_latent_space, plot_prior_density, plot_reconstructions,
+                    plot_training_curves)
+from .priors import MixtureOfGaussiansPrior, VampPrior
+
+
+def _encoder_means(model: Any, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+    """``model.encode(x)[0]`` in batches: the means of q(z | x), ``[N, Z]``."""
+    return torch.cat([model.encode(x[i:i + batch_size])[0] for i in range(0, len(x), batch_size)])
+
+
+def write_prior_figures(model: Any, data: Any, out_dir: PathLike) -> List[Path]:
+    """Figures of a learned prior (``model.prior`` a mixture-of-Gaussians or VampPrior, see
+    :mod:`pyro_vae.priors`): ``prior_components.png`` (each component's mean decoded, MoG) or
+    ``pseudo_inputs.png`` (the pseudo-inputs above their reconstructions, VampPrior), and for a 2-D
+    latent ``prior_density.png`` (:func:`plot_prior_density` with the test set encoded)."""
+    out_dir = Path(out_dir)
+    prior, written = model.prior, []
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        if data.image_shape is not None and isinstance(prior, MixtureOfGaussiansPrior):
+            order = torch.argsort(prior.weights, descending=True)[:64]
+            written.append(plot_image_grid(model.decode(prior.means[order]), data.image_shape,
+                                           out_dir / "prior_components.png",
+                                           title="Mixture components: E[x | z = mu_c], by weight"))
+        if data.image_shape is not None and isinstance(prior, VampPrior):
+            u = prior.inputs()[:30]
+            written.append(plot_reconstructions(u, model.reconstruct(u), data.image_shape,
+                                                out_dir / "pseudo_inputs.png",
+                                                title="VampPrior pseudo-inputs (top) and their reconstructions"))
+        if model.latent_dim == 2:
+            loc = _encoder_means(model, data.test.to(device))
+            written.append(plot_prior_density(lambda g: prior().log_prob(g.to(device)).cpu(), loc.cpu(),
+                                              data.test_labels, out_dir / "prior_density.png"))
+    return written
+
+
+def write_run_figures(model: Any, data: Any, history: Sequence[Mapping[str, Any]], out_dir: PathLike,
+                      num_images: int = 30, seed: int = 0) -> List[Path]:
+    """The figures of a training run, written to ``out_dir``:
+
+    ``curves.png`` (training objective and validation ELBO per epoch), ``reconstructions.png``
+    (test inputs above their reconstructions), ``samples.png`` (decoded draws from the prior) and
+    ``latent.png`` (test-set encoder means coloured by label; PCA when Z > 2), plus
+    :func:`write_prior_figures`.
+
+    ``model`` needs ``reconstruct(x)``, ``sample(n)`` and ``encode(x) -> (loc, scale)``, as
+    :class:`pyro_vae.VAE` has; ``data`` is a :class:`pyro_vae.data.Dataset`.  Image figures are
+    skipped for data without an image shape.
+    """
+    out_dir = Path(out_dir)
+    device = next(model.parameters()).device
+    test = data.test.to(device)
+    written = [plot_training_curves(history, out_dir / "curves.png")]
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        if data.image_shape is not None:
+            x = test[:num_images]
+            written.append(plot_reconstructions(x, model.reconstruct(x), data.image_shape,
+                                                out_dir / "reconstructions.png"))
+            written.append(plot_image_grid(model.sample(64), data.image_shape, out_dir / "samples.png",
+                                           title="Samples: E[x | z], z ~ p(z)"))
+        loc = _encoder_means(model, test)
+        written.append(plot_latent_space(loc, data.test_labels, out_dir / "latent.png",
+                                         title="Test set: encoder means"))
+        written += write_prior_figures(model, data, out_dir)
+    return written
