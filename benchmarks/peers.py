@@ -12,7 +12,7 @@ The contenders, per objective:
   reparameterised z, ``binary_cross_entropy_with_logits``, closed-form KL, scaled by N/B.  IWAE-5:
   K reparameterised samples [K, B, Z], log w = log p(x|z) + log p(z) - log q(z|x) with the Gaussian
   log-densities written out, logsumexp over K minus log K, scaled by N/B.
-* pyro_vae: ``Trainer.train_step`` with loss ``elbo`` (Trace_ELBO: Monte-Carlo KL), ``meanfield``
+* pyro_vae: ``Trainer.step`` with loss ``elbo`` (Trace_ELBO: Monte-Carlo KL), ``meanfield``
   (TraceMeanField_ELBO: the closed-form KL, the plain ELBO's estimator) and ``iwae`` (K = 5).
 * Pyro SVI, the textbook way: ``pyro.module``, ``pyro.plate``, ``Normal(...).to_event(1)``,
   ``Bernoulli(logits=...).to_event(1)``, ``SVI`` with ``pyro.optim.Adam`` and ``Trace_ELBO()`` or
@@ -75,7 +75,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_step import PlainVAE, binary_data  # noqa: E402  (the same data and ELBO reference)
 
 from pyro_vae.evaluation import log_likelihood  # noqa: E402
-from pyro_vae.training import TrainConfig, Trainer, make_adam  # noqa: E402
+from pyro_vae.factory import make_adam
+from pyro_vae.training import TrainConfig, Trainer  # noqa: E402
 from pyro_vae.vae import build_vae  # noqa: E402
 
 BATCH, HIDDEN, LATENT, D, K, LR = 100, (400,), 20, 784, 5, 1e-3
@@ -140,8 +141,8 @@ def pyro_vae_runner(loss, base, data, out):
     config = TrainConfig(hidden=HIDDEN, latent_dim=LATENT, batch_size=BATCH, loss=loss,
                          num_particles=K if loss == "iwae" else 1, lr=LR, patience=0, out=out)
     vae = copy.deepcopy(base)
-    trainer = Trainer(vae, data, config, progress=False)   # timed: its public train_step
-    return Runner(f"pyro_vae Trainer ({loss})", objective, lambda idx: trainer.train_step(data.train[idx]),
+    trainer = Trainer(vae, data, config, progress=False)   # timed: its public step
+    return Runner(f"pyro_vae Trainer ({loss})", objective, lambda idx: trainer.step(data.train[idx]),
                   vae.encoder, vae.decoder)
 
 

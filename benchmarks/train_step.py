@@ -7,7 +7,7 @@ binary images: a step's cost does not depend on pixel values).
 The reference is what a competent engineer writes by hand: the *same* encoder/decoder modules
 (a deep copy, same initial weights), reparameterised z, ``binary_cross_entropy_with_logits`` summed
 over pixels, the closed-form Gaussian KL, the full-data scaling N/B, and the same ``torch.optim.Adam``
-(fused kernel where torch has one, as the trainer uses).  pyro_vae runs ``Trainer.train_step`` (Pyro's ``Trace_ELBO`` or
+(fused kernel where torch has one, as the trainer uses).  pyro_vae runs ``Trainer.step`` (Pyro's ``Trace_ELBO`` or
 ``TraceMeanField_ELBO``, with everything the trainer does per step).
 
 The two are timed in interleaved rounds (A B B A ...) so that drifts in machine load hit both;
@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from pyro_vae.data import Dataset, DataError, load_dataset
-from pyro_vae.training import TrainConfig, Trainer, make_adam
+from pyro_vae.factory import make_adam
+from pyro_vae.training import TrainConfig, Trainer
 from pyro_vae.vae import build_vae
 
 BATCH, HIDDEN, LATENT = 128, (400,), 20
@@ -84,7 +85,7 @@ def main(argv=None):
             config = TrainConfig(hidden=HIDDEN, latent_dim=LATENT, batch_size=BATCH, loss=loss, patience=0, out=out)
             torch.manual_seed(0)
             vae = build_vae(784, LATENT, HIDDEN)
-            trainers[loss] = Trainer(vae, data, config, progress=False)   # timed: its public train_step
+            trainers[loss] = Trainer(vae, data, config, progress=False)   # timed: its public step
         torch.manual_seed(0)
         ref_vae = copy.deepcopy(build_vae(784, LATENT, HIDDEN))
         plain = PlainVAE(ref_vae.encoder, ref_vae.decoder, n)
@@ -98,8 +99,8 @@ def main(argv=None):
             return loss.item()
 
         runners = {"plain PyTorch": plain_step,
-                   "pyro_vae elbo (Trace_ELBO)": trainers["elbo"].train_step,
-                   "pyro_vae meanfield (TraceMeanField_ELBO)": trainers["meanfield"].train_step}
+                   "pyro_vae elbo (Trace_ELBO)": trainers["elbo"].step,
+                   "pyro_vae meanfield (TraceMeanField_ELBO)": trainers["meanfield"].step}
 
         def block(step):
             t0 = time.perf_counter()

@@ -17,10 +17,12 @@ import time
 import warnings
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Optional
 
 import torch
 
+from .params import load_user_param_values, user_param_values
+from .seeds import rng_state, set_rng_state
 from .version import __version__
 
 CHECKPOINT = "checkpoint.pt"
@@ -30,6 +32,39 @@ CONFIG = "config.json"
 SUMMARY = "summary.json"
 FORMAT = "pyro_vae.checkpoint.v1"
 _FORMAT_PREFIX = "pyro_vae.checkpoint.v"
+
+
+def training_checkpoint(*, config: Dict[str, Any], module: Any, optimizer: Any, scheduler: Any,
+                        progress: Dict[str, Any], gpu: Optional[torch.device], extra: Dict[str, Any]) -> Dict[str, Any]:
+    """``checkpoint.pt``: everything a resume needs: the module's ``state_dict``, the values of ``pyro.param``s
+    outside it, the optimiser's and the schedule's state, every random stream (``gpu``: this process's GPU in a
+    multi-GPU run), and ``progress``, the trainer's :meth:`~pyro_vae.training.TrainState.to_dict` (epoch, step,
+    the epoch's loss so far, history, and the best epoch and patience derived from it, stored for readers of the
+    file); ``extra``: what rebuilds the model (``model_kwargs``, or ``user_model`` and its arguments, and the
+    data's ``image_shape``)."""
+    return {"format": FORMAT, "pyro_vae_version": __version__, "config": config, "model_state": module.state_dict(),
+            "param_store": user_param_values(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict() if scheduler is not None else None, **progress,
+            "rng": rng_state(gpu), **extra}
+
+
+def restore_training(ckpt: Dict[str, Any], module: Any, optimizer: Any, scheduler: Any,
+                     gpu: Optional[torch.device]) -> None:
+    """Load what :func:`training_checkpoint` saved into a run being resumed, in place (an optimiser keeps
+    holding the same parameter tensors), random streams included; the trainer reads ``progress`` itself."""
+    module.load_state_dict(ckpt["model_state"])
+    load_user_param_values(ckpt["param_store"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if scheduler is not None and ckpt["scheduler"] is not None:
+        scheduler.load_state_dict(ckpt["scheduler"])
+    set_rng_state(ckpt["rng"], gpu)
+
+
+def best_checkpoint(*, config: Dict[str, Any], model_state: Dict[str, Any], epoch: int, val_bound: float,
+                    bound: str, extra: Dict[str, Any]) -> Dict[str, Any]:
+    """``best.pt``: the model of the epoch with the best validation bound ``val_bound`` (named ``bound``)."""
+    return {"format": FORMAT, "config": config, "model_state": model_state, "epoch": epoch, "val_bound": val_bound,
+            "bound": bound, **extra}
 
 
 def atomic_save(obj: Any, path: Path) -> None:

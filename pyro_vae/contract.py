@@ -55,6 +55,13 @@ def uses_labels(module: Any) -> bool:
         return False
 
 
+def side_inputs(module: Any, data: Any, split: str, device: torch.device) -> Dict[str, torch.Tensor]:
+    """The keyword arguments the programs take besides ``x`` for a whole split of a
+    :class:`~pyro_vae.data.Dataset`, on ``device``: ``{"y": labels [N]}`` for a model that takes labels, else
+    ``{}``."""
+    return {LABELS: data.labels(split).to(device)} if uses_labels(module) else {}
+
+
 def slice_data(kwargs: Dict[str, Any], num_points: int, start: int, stop: int) -> Dict[str, Any]:
     """Side inputs for the points ``start:stop``: tensors whose first dimension is ``num_points`` (labels,
     conditions) are sliced with ``x``; everything else is passed as is."""

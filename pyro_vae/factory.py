@@ -1,18 +1,19 @@
 """What a :class:`~pyro_vae.config.TrainConfig` builds: the model (our VAE, or a user's ``--model`` class on the
-contract of :mod:`pyro_vae.contract`), its objective, and the rebuilt model of a checkpoint.
+contract of :mod:`pyro_vae.contract`), its objective, optimiser and learning-rate schedule, the checks a data set
+passes before training, and the rebuilt model of a checkpoint.
 
 The special cases of our own VAE live here and nowhere else: a VampPrior's pseudo-inputs start at training points,
 and the splits are checked against the likelihood once before training (``check_input``), not per step.
 """
 import warnings
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from pyro.infer import ELBO
 
 from .checkpoint import load_checkpoint
 from .config import TrainConfig
-from .contract import build_user_model
+from .contract import build_user_model, check_model, uses_labels
 from .data import Dataset
 from .objectives import bound_name, build_objective
 from .vae import build_vae
@@ -21,6 +22,24 @@ from .vae import build_vae
 def objective_for(config: TrainConfig) -> ELBO:
     """The ``pyro.infer.ELBO`` a run of ``config`` trains on (:func:`pyro_vae.objectives.build_objective`)."""
     return build_objective(config.loss, config.num_particles, config.gradient, config.num_outer, config.ciwae_beta)
+
+
+def make_adam(params: List[torch.Tensor], lr: float) -> torch.optim.Adam:
+    """Adam with the fused kernel where torch has one for these tensors (~3x faster steps on CPU for
+    the same update rule), else the default implementation."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, ValueError, TypeError):
+        return torch.optim.Adam(params, lr=lr)
+
+
+def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> Optional[Any]:
+    """The learning-rate schedule ``config.lr_schedule`` names, stepped once per epoch (None: constant)."""
+    if config.lr_schedule == "exponential":
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_gamma)
+    if config.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    return None
 
 
 def config_bound_name(config: "TrainConfig") -> str:
@@ -107,3 +126,19 @@ def check_splits(model: Any, data: Dataset, config: TrainConfig) -> None:
                               else data.train_epoch(0, config.seed))
         except ValueError as e:
             raise ValueError(f"{split} split of {config.dataset!r}: {e}") from e
+
+
+def check_training(module: Any, objective: ELBO, data: Dataset, config: TrainConfig, device: torch.device) -> None:
+    """Everything checked once before the first step, each with a clear error: labels on every split for a model
+    that takes them, every split against the model's ``check_input`` (:func:`check_splits`), and the contract's
+    plates on a few validation points (:func:`~pyro_vae.contract.check_model`, on a forked random stream)."""
+    missing = [split for split in ("train", "valid", "test") if data.labels(split) is None]
+    if uses_labels(module) and missing:
+        raise ValueError(f"{type(module).__name__}.model takes labels y, but the data set {data.name!r} has no "
+                         f"labels for its {', '.join(missing)} split(s)")
+    check_splits(module, data, config)
+    if data.valid.shape[0] >= 3:
+        # the objective's data plate (IWAE_ELBO(plate=...)), else the module's (VAE(data_plate=...))
+        plate = getattr(objective, "plate", None) or getattr(module, "data_plate", "data")
+        labels = {"y": data.labels("valid").to(device)} if uses_labels(module) else {}
+        check_model(module, data.valid.to(device), num_data=data.train.shape[0], plate=plate, **labels)

@@ -12,9 +12,11 @@ from typing import Any, Callable, Dict, List, Optional
 
 import pyro
 
+from .bounds import split_bounds
 from .checkpoint import (BEST, CHECKPOINT, CONFIG, SUMMARY, atomic_write_text, load_checkpoint, migrate_history,
                          refuse_overwrite)
 from .config import RESUMABLE_CHANGES, TrainConfig
+from .contract import side_inputs
 from .data import Dataset, load_dataset
 from .devices import resolve_device
 from .factory import build_model, config_bound_name, load_vae
@@ -110,11 +112,11 @@ def run(config: TrainConfig, parallel: Optional[Any] = None, resume: bool = Fals
     vae = vae.to(device)
     trainer = Trainer(vae, data, config, checkpoint_extra=extra, on_step=on_step, progress=progress,
                       parallel=parallel)
-    if config.model and trainer._foreign_params:
+    if config.model and trainer.foreign_params:
         # best.pt and load_vae rebuild the module from its class and state_dict: pyro.param values outside
         # it would come back at their initial values in `evaluate`, `sample` and the summary's test bound
         raise ValueError(f"--model {config.model}: these parameters are pyro.param calls, not parameters of the "
-                         f"module: {', '.join(sorted(trainer._foreign_params))}. Make them nn.Parameter (or "
+                         f"module: {', '.join(sorted(trainer.foreign_params))}. Make them nn.Parameter (or "
                          f"PyroParam) attributes of the module, so checkpoints can rebuild the model")
     if ckpt is not None:
         trainer.load_state_dict(ckpt)
@@ -128,8 +130,9 @@ def run(config: TrainConfig, parallel: Optional[Any] = None, resume: bool = Fals
         best, _ = load_vae(out / BEST, map_location=str(device))
         best.to(device)
     if stop_reason != "interrupted":
-        test_bound, test_elbo = trainer.split_bounds(best, data.test.to(trainer.device),
-                                                     seed_for(trainer.config.seed, "test"), **trainer.side_inputs("test"))
+        test_bound, test_elbo = split_bounds(trainer.objective, best, data.test.to(trainer.device),
+                                             seed_for(config.seed, "test"), config.eval_batch_size, parallel,
+                                             **side_inputs(best, data, "test", trainer.device))
         summary = {"bound": trainer.bound_name,                        # early stopping compared this bound
                    "best_epoch": trainer.best_epoch, "best_val_bound": trainer.best_val_bound,
                    "test_bound": test_bound, "test_elbo": test_elbo, "epochs_run": trainer.epoch,

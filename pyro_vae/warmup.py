@@ -2,9 +2,12 @@
 
 :class:`LatentScaleMessenger` multiplies every *latent* sample site, in the model and in the guide, by beta,
 so the ELBO becomes ``E_q[log p(x|z)] - beta KL(q || p)``, for any model/guide pair; :func:`warmup_beta` is beta
-as a pure function of the step: linear from 0 to 1 over ``warmup_epochs`` epochs (1 without warm-up).
+as a pure function of the step: linear from 0 to 1 over ``warmup_epochs`` epochs (1 without warm-up);
+:class:`KLWarmup` hands the trainer the programs of a step.
 Validation and test always use beta = 1, the true bound.
 """
+from typing import Callable, Tuple
+
 from pyro.poutine.messenger import Messenger
 
 
@@ -40,3 +43,28 @@ def warmup_beta_at_epoch_end(epoch: int, warmup_epochs: float) -> float:
     if warmup_epochs <= 0:
         return 1.0
     return min(1.0, epoch / warmup_epochs)
+
+
+class KLWarmup:
+    """The model and guide of each training step under warm-up: the programs themselves once beta is 1 (no
+    messenger in the way), else both wrapped, once, in a :class:`LatentScaleMessenger` set to the step's beta
+    (a stable identity: objectives cache per program)."""
+
+    def __init__(self, model: Callable, guide: Callable, warmup_epochs: float, steps_per_epoch: int):
+        self.model, self.guide = model, guide
+        self.warmup_epochs, self.steps_per_epoch = warmup_epochs, steps_per_epoch
+        self.messengers = (LatentScaleMessenger(1.0), LatentScaleMessenger(1.0))
+        self.wrapped = (self.messengers[0](model), self.messengers[1](guide))
+
+    def beta(self, steps_done: int) -> float:
+        """beta for the step after ``steps_done`` steps of the run (:func:`warmup_beta`)."""
+        return warmup_beta(steps_done, self.steps_per_epoch, self.warmup_epochs)
+
+    def programs(self, steps_done: int) -> Tuple[Callable, Callable]:
+        """``(model, guide)`` for the step after ``steps_done`` steps."""
+        beta = self.beta(steps_done)
+        if beta == 1.0:
+            return self.model, self.guide
+        for messenger in self.messengers:
+            messenger.scale = beta
+        return self.wrapped

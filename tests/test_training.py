@@ -20,7 +20,7 @@ import pyro
 from pyro import poutine
 from pyro.infer import Trace_ELBO
 
-from pyro_vae import training
+from pyro_vae import training, warmup
 from pyro_vae.data import load_dataset
 from pyro_vae.evaluation import mean_bound
 from pyro_vae.objectives import build_objective
@@ -409,7 +409,7 @@ def test_kl_warmup_schedule(tmp_path, digits, monkeypatch):
             used.append(self.scale)
             return super().__enter__()
 
-    monkeypatch.setattr(training, "LatentScaleMessenger", SpyScale)
+    monkeypatch.setattr(warmup, "LatentScaleMessenger", SpyScale)   # KLWarmup builds its messengers there
     betas = []
     log = StepLog()
 

@@ -1,0 +1,155 @@
+"""What happens around the steps of :meth:`pyro_vae.training.Trainer.fit`, one hook per concern: the Ctrl-C and
+SIGTERM stop, the checkpoint and the best model, the metrics log, early stopping, the progress bar, and a user's
+per-step callback.  The trainer calls every hook, in order, at each event (``on_fit_end`` in reverse order, like
+leaving nested ``with`` blocks); a hook overrides the events it cares about:
+
+* ``on_fit_start(trainer)``: before :meth:`~pyro_vae.training.Trainer.fit` takes its first step;
+* ``on_step_end(trainer, loss)``: after every optimiser step (``trainer.state.step`` already counts it);
+* ``on_epoch_end(trainer, row)``: after an epoch's validation; ``row`` is the metrics row just appended to
+  ``trainer.state.history``;
+* ``stop_reason(trainer)``: asked before the first epoch and after each; a string ends the fit with that reason;
+* ``on_fit_end(trainer, reason)``: always; ``reason`` is None when an exception ends the fit.
+
+A hook that writes files writes only in the writer process (``trainer.parallel.is_writer``).  A tracker is a
+hook of a few lines, passed as ``Trainer(..., hooks=[MyTracker()])``::
+
+    class RecordToList(Hook):
+        def __init__(self):
+            self.rows = []
+
+        def on_epoch_end(self, trainer, row):
+            self.rows.append(dict(row))
+"""
+import json
+import sys
+from typing import Any, Callable, Dict, List, Optional
+
+from tqdm.auto import tqdm
+
+from .checkpoint import (BEST, CHECKPOINT, METRICS, atomic_save, atomic_write_text, best_checkpoint,
+                         refuse_overwrite)
+from .signals import SafeStream, StopOnSignal
+
+
+class Hook:
+    """A hook that does nothing at every event: subclass it and override what you need."""
+
+    def on_fit_start(self, trainer: Any) -> None:
+        pass
+
+    def on_step_end(self, trainer: Any, loss: float) -> None:
+        pass
+
+    def on_epoch_end(self, trainer: Any, row: Dict[str, Any]) -> None:
+        pass
+
+    def stop_reason(self, trainer: Any) -> Optional[str]:
+        return None
+
+    def on_fit_end(self, trainer: Any, reason: Optional[str]) -> None:
+        pass
+
+
+class SignalStop(Hook):
+    """Ctrl-C (SIGINT) and a scheduler's SIGTERM ask the trainer to stop after the current step (it then saves
+    and returns "interrupted"); a second signal aborts.  Only where the process handles signals itself: the
+    processes of a data-parallel run hear them from their launcher.  The signal is kept as ``trainer.stop_signal``
+    (the CLI exits with 128 + its number)."""
+
+    def on_fit_start(self, trainer: Any) -> None:
+        self.handler = StopOnSignal(trainer.request_stop, active=trainer.parallel.handles_signals).__enter__()
+
+    def on_fit_end(self, trainer: Any, reason: Optional[str]) -> None:
+        self.handler.__exit__(None, None, None)
+        trainer.stop_signal = self.handler.received or trainer.stop_signal
+
+
+class Checkpointing(Hook):
+    """``OUT/checkpoint.pt`` after every epoch and when a stop interrupts the fit; ``OUT/best.pt`` whenever an
+    epoch has the best validation bound so far.  A fresh trainer refuses a folder that already holds a checkpoint
+    (a run is never overwritten by accident).  Both files are written atomically
+    (:func:`~pyro_vae.checkpoint.atomic_save`)."""
+
+    def on_fit_start(self, trainer: Any) -> None:
+        if trainer.state.is_fresh:
+            refuse_overwrite(trainer.out_dir)
+        if trainer.parallel.is_writer:
+            trainer.out_dir.mkdir(parents=True, exist_ok=True)
+
+    def on_epoch_end(self, trainer: Any, row: Dict[str, Any]) -> None:
+        if not trainer.parallel.is_writer:
+            return
+        if trainer.state.best_epoch == row["epoch"]:
+            atomic_save(best_checkpoint(config=trainer.config.to_dict(), model_state=trainer.module.state_dict(),
+                                        epoch=row["epoch"], val_bound=row["val_bound"], bound=trainer.bound_name,
+                                        extra=trainer.checkpoint_extra),
+                        trainer.out_dir / BEST)
+        atomic_save(trainer.state_dict(), trainer.out_dir / CHECKPOINT)
+
+    def on_fit_end(self, trainer: Any, reason: Optional[str]) -> None:
+        if reason == "interrupted" and trainer.parallel.is_writer:
+            atomic_save(trainer.state_dict(), trainer.out_dir / CHECKPOINT)
+
+
+class MetricsLog(Hook):
+    """``OUT/metrics.jsonl``: the history, one JSON line per finished epoch, rewritten atomically each epoch."""
+
+    def on_epoch_end(self, trainer: Any, row: Dict[str, Any]) -> None:
+        if trainer.parallel.is_writer:
+            atomic_write_text("".join(json.dumps(r) + "\n" for r in trainer.state.history),
+                              trainer.out_dir / METRICS)
+
+
+class EarlyStopping(Hook):
+    """Stop with "early_stopping" once ``patience`` epochs have passed without a better validation bound
+    (``patience`` 0: never)."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+
+    def stop_reason(self, trainer: Any) -> Optional[str]:
+        exhausted = 0 < self.patience <= trainer.state.epochs_since_best
+        return "early_stopping" if exhausted else None
+
+
+class Progress(Hook):
+    """A tqdm bar over the run's steps on stderr (in the writer process), with the last epoch's loss and
+    validation bound as its postfix; it never fails on a closed terminal or pipe."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+
+    def on_fit_start(self, trainer: Any) -> None:
+        total = trainer.config.epochs * trainer.steps_per_epoch
+        done = min(trainer.state.epoch * trainer.steps_per_epoch + trainer.state.step, total)
+        self.bar = tqdm(total=total, initial=done, disable=not self.enabled or not trainer.parallel.is_writer,
+                        unit="step", dynamic_ncols=True, desc="train", file=SafeStream(sys.stderr))
+
+    def on_step_end(self, trainer: Any, loss: float) -> None:
+        self.bar.update(1)
+
+    def on_epoch_end(self, trainer: Any, row: Dict[str, Any]) -> None:
+        self.bar.set_postfix(epoch=row["epoch"], loss=f"{row['train_loss']:.2f}",
+                             **{f"val_{trainer.bound_name}": f"{row['val_bound']:.2f}"},
+                             best=f"{trainer.state.best_val_bound:.2f}")
+
+    def on_fit_end(self, trainer: Any, reason: Optional[str]) -> None:
+        self.bar.close()
+
+
+class StepCallback(Hook):
+    """Calls ``fn(trainer, epoch, step, loss)`` after every step (``epoch``: finished epochs; ``step``: steps
+    done in the current one, this one included): the ``on_step`` argument of the trainer and ``train``."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+    def on_step_end(self, trainer: Any, loss: float) -> None:
+        self.fn(trainer, trainer.state.epoch, trainer.state.step, loss)
+
+
+def default_hooks(patience: int, progress: bool = True, on_step: Optional[Callable] = None) -> List[Hook]:
+    """The hooks every run has: stop on signals, checkpoints, the metrics log, early stopping, progress, and
+    ``on_step`` where given."""
+    hooks = [SignalStop(), Checkpointing(), MetricsLog(), EarlyStopping(patience), Progress(progress)]
+    return hooks + ([StepCallback(on_step)] if on_step is not None else [])
