@@ -166,6 +166,11 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                         "CPU processes talk over gloo; with --device cuda (or auto where CUDA is present) "
                         "process r uses GPU r over nccl, which needs N GPUs. Checkpoints are written once and "
                         "resume on any N (default: %(default)s)")
+    g.add_argument("--compile", default=d.compile, choices=("auto", "on", "off"),
+                   help="record each training step once per batch shape and replay the recording (the same "
+                        "numbers as the eager step, checked on its first replay, without Pyro's per-step Python); "
+                        "auto runs eagerly, saying why, what it cannot record (Python control flow on data, "
+                        "discrete latents, KL warm-up steps); on makes that an error (default: %(default)s)")
     g.add_argument("--out", default=d.out, help="output folder for checkpoints, metrics, config and figures "
                                                 "(default: %(default)s)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")

@@ -27,7 +27,7 @@ from .devices import DEVICE_HELP, valid_device_name
 LR_SCHEDULES = ("none", "exponential", "cosine")
 # Changing these between a run and its --resume cannot corrupt the saved state.
 RESUMABLE_CHANGES = ("epochs", "patience", "out", "device", "data_dir", "download", "eval_batch_size", "clip_norm",
-                     "devices")
+                     "devices", "compile")
 
 
 @dataclasses.dataclass
@@ -76,6 +76,8 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"              # cpu | cuda | auto
     devices: int = 1                 # data-parallel processes (pyro_vae.launch): gloo on CPU, nccl on GPUs
+    compile: str = "auto"            # auto | on | off: record each step once per batch shape and replay it
+                                     # (pyro_vae.compiled); auto runs eagerly, saying why, what it cannot record
     out: str = "runs/default"
 
     def __post_init__(self):
@@ -106,6 +108,8 @@ class TrainConfig:
             problems.append(f"hidden must be one or more positive layer sizes, got {self.hidden}")
         if self.lr_schedule not in LR_SCHEDULES:
             problems.append(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
+        if self.compile not in ("auto", "on", "off"):
+            problems.append(f"compile must be auto, on or off, got {self.compile!r}")
         if not valid_device_name(self.device):
             problems.append(f"device must be {DEVICE_HELP}, got {self.device!r}")
         if problems:
@@ -137,7 +141,7 @@ SECTIONS: Dict[str, Tuple[str, ...]] = {
               "sigma", "learn_sigma", "prior", "prior_components", "vamp_init"),
     "objective": ("loss", "num_particles", "gradient", "num_outer", "ciwae_beta"),
     "optim": ("epochs", "batch_size", "lr", "lr_schedule", "lr_gamma", "clip_norm", "warmup_epochs", "patience"),
-    "run": ("eval_batch_size", "seed", "device", "devices", "out"),
+    "run": ("eval_batch_size", "seed", "device", "devices", "compile", "out"),
 }
 assert sorted(sum(SECTIONS.values(), ())) == sorted(f.name for f in dataclasses.fields(TrainConfig))
 

@@ -8,7 +8,8 @@ leaving nested ``with`` blocks); a hook overrides the events it cares about:
 * ``on_epoch_end(trainer, row)``: after an epoch's validation; ``row`` is the metrics row just appended to
   ``trainer.state.history``;
 * ``stop_reason(trainer)``: asked before the first epoch and after each; a string ends the fit with that reason;
-* ``on_fit_end(trainer, reason)``: always; ``reason`` is None when an exception ends the fit.
+* ``on_fit_end(trainer, reason)``: always; ``reason`` is None when an exception ends the fit;
+* ``on_note(trainer, line)``: a line for the user (the step is compiling, compiled, or runs eagerly, and why).
 
 A hook that writes files writes only in the writer process (``trainer.parallel.is_writer``).  A tracker is a
 hook of a few lines, passed as ``Trainer(..., hooks=[MyTracker()])``::
@@ -28,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .checkpoint import (BEST, CHECKPOINT, METRICS, atomic_save, atomic_write_text, best_checkpoint,
                          refuse_overwrite)
-from .signals import SafeStream, StopOnSignal
+from .signals import SafeStream, StopOnSignal, say
 
 
 class Hook:
@@ -47,6 +48,9 @@ class Hook:
         return None
 
     def on_fit_end(self, trainer: Any, reason: Optional[str]) -> None:
+        pass
+
+    def on_note(self, trainer: Any, line: str) -> None:
         pass
 
 
@@ -135,6 +139,17 @@ class Progress(Hook):
 
     def on_fit_end(self, trainer: Any, reason: Optional[str]) -> None:
         self.bar.close()
+        self.bar = None
+
+    def on_note(self, trainer: Any, line: str) -> None:
+        """The line above the bar while it runs (its postfix says "compiling" meanwhile), else on stderr."""
+        if not trainer.parallel.is_writer:
+            return
+        if getattr(self, "bar", None) is not None and not self.bar.disable:
+            self.bar.set_postfix_str("compiling" if line.startswith("compiling") else "")
+            self.bar.write(line, file=self.bar.fp)
+        else:
+            say(line)
 
 
 class StepCallback(Hook):

@@ -34,6 +34,7 @@ from pyro.infer import ELBO
 from pyro.infer.util import is_validation_enabled
 
 from .bounds import split_bounds
+from .compiled import CompiledStep
 from .checkpoint import CHECKPOINT, migrate_history, restore_training, training_checkpoint
 from .config import TrainConfig
 from .contract import side_inputs
@@ -202,6 +203,9 @@ class Trainer:
         self.optimizer = optimizer or make_adam(self.params, config.lr)
         self.scheduler = scheduler if scheduler is not None else build_scheduler(config, self.optimizer)
         self.hooks = default_hooks(config.patience, progress, on_step) + list(hooks)
+        self.compiled = CompiledStep(module, self.objective, self.params, self.num_train, config.compile, self.note)
+        if self.parallel.world_size > 1:
+            self.compiled.refuse("data-parallel steps run eagerly: DDP's gradient all-reduce hooks into autograd")
 
     epoch = property(lambda self: self.state.epoch, doc="Finished epochs.")
     history = property(lambda self: self.state.history, doc="One metrics row per finished epoch.")
@@ -223,6 +227,11 @@ class Trainer:
         restore_training(ckpt, self.module, self.optimizer, self.scheduler, self.parallel.gpu)
         self.state = TrainState.from_checkpoint(ckpt, self.bound_name)
 
+    def note(self, line: str) -> None:
+        """Tell the user one line (compiling, compiled, falling back), through the hooks."""
+        for hook in self.hooks:
+            hook.on_note(self, line)
+
     def request_stop(self) -> None:
         """Ask :meth:`fit` to save a checkpoint and return after the current step (what Ctrl-C does)."""
         self._stop_requested = True
@@ -234,14 +243,21 @@ class Trainer:
         batch_size = x.shape[0] if batch_size is None else batch_size
         model, guide = self.warmup.programs(self.state.steps_done(self.steps_per_epoch))   # KL warm-up's beta
         # Pyro's checks (site match, shapes) on the first step of each fit(); then ~1 ms a step for nothing
+        # the first step of a fit and KL warm-up's (beta < 1, a new scale each step) are eager; the others replay
+        recordable = not self._check_next_step and model is self.warmup.model
         with pyro.validation_enabled(self._check_next_step and x.shape[0] > 0), _trainer_owned(self.module):
-            loss = self._loss(x, model, guide, **data)     # N / b * sum over the share (0 for an empty share)
+            recorded = self.compiled(x, model, guide, **data) if recordable else None   # (loss, grads) or None
+            loss = self._loss(x, model, guide, **data) if recorded is None else recorded[0]   # N / b * share's sum
         self._check_next_step = False
         stop = self._stop_requested or self.parallel.external_stop()
         reduced = self.parallel.start_step_reduce(loss, x.shape[0], batch_size, self.num_train, stop)
         self.optimizer.zero_grad(set_to_none=True)
-        weight = self.parallel.share_weight(x.shape[0], batch_size)     # 1 in one process
-        (loss if weight == 1.0 else loss * weight).backward()
+        if recorded is None:
+            weight = self.parallel.share_weight(x.shape[0], batch_size)     # 1 in one process
+            (loss if weight == 1.0 else loss * weight).backward()
+        else:
+            for p, g in zip(self.params, recorded[1]):
+                p.grad = g
         loss_value, _ = reduced()
         if not math.isfinite(loss_value):           # every process raises together, before any update
             raise diverged(f"loss became {loss_value} at epoch {self.epoch + 1}, step {self.state.step + 1} "
@@ -265,7 +281,8 @@ class Trainer:
                            f"non-finite during epoch {self.epoch + 1}", self.epoch, self.out_dir)
         beta = warmup_beta_at_epoch_end(self.epoch + 1, self.config.warmup_epochs)
         row = self.state.close_epoch(self.num_train, val_bound=val_bound, val_bound_name=self.bound_name,
-                                     val_elbo=val_elbo, beta=beta, lr=self.optimizer.param_groups[0]["lr"])
+                                     val_elbo=val_elbo, beta=beta, lr=self.optimizer.param_groups[0]["lr"],
+                                     compile_seconds=self.compiled.take_seconds())
         if self.scheduler is not None:
             self.scheduler.step()
         for hook in self.hooks:

@@ -15,7 +15,6 @@ from typing import Optional, Sequence
 import pyro
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..distributions import BernoulliVector, DiagonalNormal, StandardNormal
 from ..networks import MLPDecoder, MLPEncoder
@@ -44,12 +43,20 @@ class ConditionalVAE(nn.Module):
         self.register_buffer("prior_loc", torch.zeros(latent_dim), persistent=False)
         self.register_buffer("prior_scale", torch.ones(latent_dim), persistent=False)
 
-    def _onehot(self, y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-        """``y: [B]`` -> one-hot ``[..., B, C]`` broadcast to ``like``'s leading dimensions."""
+    def check_labels(self, y: torch.Tensor) -> None:
+        """Labels given by a user (``sample``, ``reconstruct``) must be ``[B]`` integers in ``0..C-1``; the
+        training loop's come from the data set, so the programs check only their shape (a check of the values in
+        every step would read them in Python, which a compiled step cannot record)."""
         if y.dim() != 1 or (y < 0).any() or (y >= self.num_classes).any():
             raise ValueError(f"y must be [B] labels in 0..{self.num_classes - 1}, got shape {tuple(y.shape)} "
                              f"with values {y.min().item()}..{y.max().item()}")
-        onehot = F.one_hot(y.long(), self.num_classes).to(like.dtype)
+
+    def _onehot(self, y: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """``y: [B]`` -> one-hot ``[..., B, C]`` broadcast to ``like``'s leading dimensions."""
+        if y.dim() != 1:
+            raise ValueError(f"y must be [B] labels, got shape {tuple(y.shape)}")
+        classes = torch.arange(self.num_classes, device=y.device)
+        onehot = (y.long().unsqueeze(-1) == classes).to(like.dtype)                       # [B, C]
         return onehot.expand(like.shape[:-1] + (self.num_classes,))
 
     def _decode(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -67,11 +74,13 @@ class ConditionalVAE(nn.Module):
     @torch.no_grad()
     def sample(self, num_samples: int, y: torch.Tensor) -> torch.Tensor:
         """E[x | z, y] for z ~ p(z) and the given labels ``y: [num_samples]``: ``[num_samples, D]``."""
+        self.check_labels(y)
         z = torch.randn(num_samples, self.latent_dim, device=self.prior_loc.device, dtype=self.prior_loc.dtype)
         return torch.sigmoid(self._decode(z, y.to(z.device)))
 
     @torch.no_grad()
     def reconstruct(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """E[x | z = mean of q(z | x, y), y]: ``[B, D]``."""
+        self.check_labels(y)
         loc, _ = self.encoder(torch.cat([x, self._onehot(y, x)], -1))
         return torch.sigmoid(self._decode(loc, y))

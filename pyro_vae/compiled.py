@@ -1,0 +1,296 @@
+"""Compiled training steps: Pyro's semantics without Pyro's per-step Python.
+
+For a fixed input signature (shapes, dtypes, device) a training step of a model/guide pair is a fixed sequence of
+tensor operations; Pyro's Python (two traces, the replay, plates, broadcasting) only decides which ones.  So the
+step is run once per signature under ``torch.fx.experimental.proxy_tensor.make_fx``, which records the aten
+operations it performs, forward and backward (``torch.autograd.grad``), random draws included::
+
+    recording(params, x, *side_inputs) -> (loss, grad_1, ..., grad_P)        x: [B, D]; grad_i: params[i].shape
+
+and later steps of that signature replay the recording under ``no_grad``: no trace, no autograd graph.  The replay
+draws its noise from the global generator, in the order the eager step draws it, so on the CPU a compiled run is
+the eager run, bit for bit.  That is checked, not assumed: the first replay of every recording runs beside the
+eager step from the same random state, and must use the same draws and give the same loss and gradients (to
+within ``rtol``), or the signature falls back to the eager step.
+
+What cannot be recorded runs eagerly, with one line saying why (``mode="auto"``), or is an error
+(``mode="on"``): data-dependent Python control flow in a program (``if x.sum() > 0``, ``.item()``), a latent site
+without reparameterized samples (discrete latents), ``pyro.param``s outside the module, an objective with no
+recordable loss, a step that changes the module's buffers (batch-norm statistics).  ``Trace_ELBO`` and
+``TraceMeanField_ELBO`` call ``.item()`` inside their loss: their recordable twins here compute the same value
+(the float64 sum of the per-site terms, as Pyro's does) and the same surrogate, so they keep their estimators.
+
+Caveat, as for every trace-based compiler: Python-side state a program reads (a counter, Python's ``random``)
+is frozen into the recording; programs on the contract of :mod:`pyro_vae.contract` read none.
+"""
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+import pyro
+from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer.util import is_identically_zero
+from pyro.distributions.kl import kl_divergence
+from pyro.distributions.util import scale_and_mask
+
+MODES = ("auto", "on", "off")
+
+
+class CompileError(RuntimeError):
+    """A step cannot be compiled (with ``compile="on"``); the message says why."""
+
+
+# -- losses without .item(): Pyro's Trace_ELBO and TraceMeanField_ELBO, term for term -------------------------
+
+def _trace_elbo_particle(model_trace, guide_trace) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``Trace_ELBO._differentiable_loss_particle`` with the float sums kept as float64 tensors."""
+    elbo_particle = torch.zeros((), dtype=torch.float64)
+    surrogate_elbo_particle = 0
+    for site in model_trace.nodes.values():
+        if site["type"] == "sample":
+            elbo_particle = elbo_particle + site["log_prob_sum"].detach().double()
+            surrogate_elbo_particle = surrogate_elbo_particle + site["log_prob_sum"]
+    for name, site in guide_trace.nodes.items():
+        if site["type"] == "sample":
+            _, score_function_term, entropy_term = site["score_parts"]
+            if not is_identically_zero(score_function_term):
+                raise CompileError(f"the guide's latent site {name!r} has no reparameterized samples (a discrete "
+                                   f"latent?): its score-function gradient is not recorded")
+            elbo_particle = elbo_particle - site["log_prob_sum"].detach().double()
+            if not is_identically_zero(entropy_term):
+                surrogate_elbo_particle = surrogate_elbo_particle - entropy_term.sum()
+    return -elbo_particle, -surrogate_elbo_particle
+
+
+def _mean_field_particle(model_trace, guide_trace) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``TraceMeanField_ELBO._differentiable_loss_particle`` with ``.item()`` as a detached float64 tensor."""
+    elbo_particle = 0
+    for name, model_site in model_trace.nodes.items():
+        if model_site["type"] != "sample":
+            continue
+        if model_site["is_observed"]:
+            elbo_particle = elbo_particle + model_site["log_prob_sum"]
+            continue
+        guide_site = guide_trace.nodes[name]
+        if not is_identically_zero(guide_site["score_parts"].score_function):
+            raise CompileError(f"the guide's latent site {name!r} has no reparameterized samples (a discrete "
+                               f"latent?): TraceMeanField_ELBO needs reparameterized latents")
+        try:
+            kl_qp = kl_divergence(guide_site["fn"], model_site["fn"])
+            kl_qp = scale_and_mask(kl_qp, scale=guide_site["scale"], mask=guide_site["mask"])
+            if torch.is_tensor(kl_qp):
+                kl_qp_sum = kl_qp.sum()
+            else:
+                kl_qp_sum = kl_qp * torch.Size(guide_site["fn"].batch_shape).numel()
+            elbo_particle = elbo_particle - kl_qp_sum
+        except NotImplementedError:
+            elbo_particle = elbo_particle + model_site["log_prob_sum"] - guide_site["score_parts"].entropy_term.sum()
+    for name, guide_site in guide_trace.nodes.items():
+        if guide_site["type"] == "sample" and name not in model_trace.nodes:   # auxiliary sites of the guide
+            elbo_particle = elbo_particle - guide_site["score_parts"].entropy_term.sum()
+    return -elbo_particle.detach().double(), -elbo_particle
+
+
+def _pyro_loss(elbo: ELBO, particle: Callable, model, guide, *args, **kwargs) -> torch.Tensor:
+    """``Trace_ELBO.differentiable_loss``: value ``float32(sum of float64 terms / K)``, gradient the surrogate's."""
+    loss = torch.zeros((), dtype=torch.float64)
+    surrogate_loss = 0.0
+    for model_trace, guide_trace in elbo._get_traces(model, guide, args, kwargs):
+        loss_particle, surrogate_loss_particle = particle(model_trace, guide_trace)
+        surrogate_loss += surrogate_loss_particle / elbo.num_particles
+        loss = loss + loss_particle / elbo.num_particles
+    return loss.to(surrogate_loss.dtype) + (surrogate_loss - surrogate_loss.detach())
+
+
+def recordable_loss(objective: ELBO) -> Callable:
+    """``loss(model, guide, *args, **kwargs) -> tensor``: the objective's ``differentiable_loss``, or for Pyro's
+    ``Trace_ELBO`` / ``TraceMeanField_ELBO`` a twin with the same value and gradient and no ``.item()``."""
+    if type(objective) is TraceMeanField_ELBO:
+        return lambda *args, **kwargs: _pyro_loss(objective, _mean_field_particle, *args, **kwargs)
+    if type(objective) is Trace_ELBO:
+        return lambda *args, **kwargs: _pyro_loss(objective, _trace_elbo_particle, *args, **kwargs)
+    return objective.differentiable_loss
+
+
+# -- recording and replaying -----------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def swapped_parameters(module: torch.nn.Module, values: Dict[str, torch.Tensor]):
+    """The module computes with ``values`` (by parameter name) in place of its parameters while inside."""
+    with torch.nn.utils.stateless._reparametrize_module(module, values):
+        yield
+
+
+def _rng_state(device: torch.device) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _set_rng_state(state, device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    text = text[0] if text else type(error).__name__
+    if "_local_scalar_dense" in text or "data-dependent" in text:
+        return "a program reads a tensor's value in Python (.item(), or an if/while on data)"
+    return f"{type(error).__name__}: {text[:200]}"
+
+
+def _max_relative_error(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
+    worst = 0.0
+    for u, v in zip(a, b):
+        scale = float(v.abs().max()) if v.numel() else 0.0
+        worst = max(worst, float((u - v).abs().max()) / scale if scale > 0 else float((u - v).abs().max()))
+    return worst
+
+
+def prune(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Drop recorded operations whose results nothing uses, except random draws (dropping one would shift every
+    later draw) and in-place operations."""
+    for node in reversed(list(graph.graph.nodes)):
+        op = node.target
+        if (node.op == "call_function" and not node.users and isinstance(op, torch._ops.OpOverload)
+                and not op._schema.is_mutable and torch.Tag.nondeterministic_seeded not in op.tags):
+            graph.graph.erase_node(node)
+    graph.recompile()
+    return graph
+
+
+@dataclass
+class Recording:
+    """One signature's recorded step, or why it runs eagerly (``graph`` None)."""
+    graph: Optional[torch.fx.GraphModule]
+    why_not: Optional[str] = None
+    verified: bool = False
+    seconds: float = 0.0                 # spent recording and checking it
+
+
+class CompiledStep:
+    """The loss and parameter gradients of a training step, recorded once per input signature and replayed.
+
+    Args:
+        module: the ``nn.Module`` whose parameters are ``params`` (named by it, so they can be passed in).
+        objective: the ``pyro.infer.ELBO`` the step minimises; ``num_data``: N, passed to the programs.
+        params: the parameters, in the order the gradients come back.
+        mode: ``"auto"`` (fall back to eager with a note), ``"on"`` (a :class:`CompileError` instead), ``"off"``.
+        note: called with one line whenever the step starts or finishes compiling, or falls back.
+        rtol: how far the first replay may be from the eager step (0 on the CPU in practice: it is bit for bit).
+
+    Calling it returns ``(loss, grads)`` for a batch ``x: [B, D]`` (``**data``: side inputs ``[B, ...]``), or
+    None where the caller must take the eager step instead.
+    """
+
+    def __init__(self, module: torch.nn.Module, objective: ELBO, params: Sequence[torch.Tensor], num_data: int,
+                 mode: str = "auto", note: Callable[[str], None] = lambda line: None, rtol: float = 1e-5):
+        if mode not in MODES:
+            raise ValueError(f"compile must be one of {MODES}, got {mode!r}")
+        self.module, self.objective, self.params, self.num_data = module, objective, list(params), num_data
+        self.mode, self.note, self.rtol = mode, note, rtol
+        self.loss = recordable_loss(objective)
+        self.recordings: Dict[tuple, Recording] = {}
+        self._taken = 0.0
+        names = {id(p): name for name, p in module.named_parameters()}
+        outside = [i for i, p in enumerate(self.params) if id(p) not in names]
+        self.names = [names.get(id(p)) for p in self.params]
+        self.disabled = None if mode != "off" else "compile is off"
+        if outside and self.disabled is None:
+            self.refuse(f"{len(outside)} parameter(s) are pyro.params outside the module")
+
+    @property
+    def seconds(self) -> float:
+        """Time spent recording and checking, over all signatures."""
+        return sum((r.seconds for r in self.recordings.values()), 0.0)
+
+    def take_seconds(self) -> float:
+        """Time spent recording and checking since the last call (what an epoch's metrics row reports)."""
+        total = self.seconds
+        taken, self._taken = total - self._taken, total
+        return taken
+
+    def refuse(self, why: str) -> None:
+        """Run every step eagerly from now on, for ``why`` (an error with ``mode="on"``)."""
+        if self.mode == "on":
+            raise CompileError(f"cannot compile the training step: {why} (compile='auto' runs such steps eagerly)")
+        if self.disabled is None:
+            self.note(f"compile: eager steps ({why})")
+        self.disabled = why
+
+    def __call__(self, x: torch.Tensor, model: Callable, guide: Callable,
+                 **data: torch.Tensor) -> Optional[Tuple[torch.Tensor, List[torch.Tensor]]]:
+        if self.disabled is not None:
+            return None
+        keys = sorted(data)
+        # the programs themselves (bound methods compare equal by instance and function), never a reusable id
+        signature = (tuple(x.shape), x.dtype, x.device, model, guide,
+                     tuple((k, tuple(data[k].shape), data[k].dtype) for k in keys))
+        recording = self.recordings.get(signature)
+        if recording is None:
+            recording = self.recordings[signature] = self._record(x, model, guide, keys, data)
+        if recording.graph is None:
+            return None
+        values = [data[k] for k in keys]
+        if not recording.verified:
+            return self._check(recording, x, model, guide, values, data)
+        with torch.no_grad():
+            out = recording.graph(self.params, x, *values)
+        return out[0], list(out[1:])
+
+    def _traced_step(self, model, guide, keys):
+        def step(params, x, *values):
+            with swapped_parameters(self.module, dict(zip(self.names, params))):
+                loss = self.loss(model, guide, x, num_data=self.num_data, **dict(zip(keys, values)))
+            return (loss, *torch.autograd.grad(loss, params))
+        return step
+
+    def _record(self, x, model, guide, keys, data) -> Recording:
+        from torch.fx.experimental.proxy_tensor import make_fx
+        start = time.perf_counter()
+        self.note(f"compiling the step for x {list(x.shape)}")
+        buffers = [(b, b.detach().clone()) for b in self.module.buffers()]
+        try:
+            with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), \
+                    pyro.validation_enabled(False):
+                graph = prune(make_fx(self._traced_step(model, guide, keys))(self.params, x,
+                                                                              *[data[k] for k in keys]))
+            if any(not torch.equal(b, saved) for b, saved in buffers):
+                raise CompileError("a step changes the module's buffers (batch-norm statistics)")
+        except Exception as error:  # noqa: BLE001 - whatever stops the recording, the eager step still works
+            why = str(error) if isinstance(error, CompileError) else _first_line(error)
+            self.refuse(why)
+            return Recording(None, why, seconds=time.perf_counter() - start)
+        finally:
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
+        return Recording(graph, seconds=time.perf_counter() - start)
+
+    def _check(self, recording: Recording, x, model, guide, values, data):
+        """The first replay of a recording, beside the eager step from the same random state."""
+        start = time.perf_counter()
+        before = _rng_state(x.device)
+        loss = self.objective.differentiable_loss(model, guide, x, num_data=self.num_data, **data)
+        eager = (loss.detach(), list(torch.autograd.grad(loss, self.params)))
+        after_eager = _rng_state(x.device)
+        _set_rng_state(before, x.device)
+        with torch.no_grad():
+            out = recording.graph(self.params, x, *values)
+        replayed = (out[0], list(out[1:]))
+        same_draws = all(a is None or torch.equal(a, b) for a, b in zip(after_eager, _rng_state(x.device)))
+        error = _max_relative_error([replayed[0], *replayed[1]], [eager[0], *eager[1]])
+        recording.seconds += time.perf_counter() - start
+        if not same_draws or not error <= self.rtol:
+            _set_rng_state(after_eager, x.device)
+            recording.graph = None
+            recording.why_not = ("the recording draws different random numbers than the eager step" if not same_draws
+                                 else f"the recording differs from the eager step (relative error {error:.1e})")
+            self.refuse(recording.why_not)
+            return eager
+        recording.verified = True
+        exact = "bit for bit" if error == 0 else f"relative error {error:.1e}"
+        self.note(f"compiled the step for x {list(x.shape)} in {recording.seconds:.1f} s ({exact} the eager step)")
+        return replayed

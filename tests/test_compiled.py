@@ -1,0 +1,171 @@
+"""Compiled steps (pyro_vae.compiled): the replayed recording is the eager step, number for number, for every
+objective; training with it is training without it; what cannot be recorded runs eagerly, saying why, or is an
+error with compile="on"; one recording per input shape."""
+import json
+from pathlib import Path
+
+import pyro
+import pyro.distributions as dist
+import pytest
+import torch
+from torch import nn
+
+from pyro_vae.compiled import CompileError, CompiledStep
+from pyro_vae.data import load_dataset
+from pyro_vae.examples.conditional import ConditionalVAE
+from pyro_vae.examples.two_layer import TwoLayerVAE
+from pyro_vae.objectives import build_objective
+from pyro_vae.training import TrainConfig, Trainer
+from pyro_vae.vae import build_vae
+
+OBJECTIVES = {
+    "elbo": dict(name="elbo"),
+    "elbo-k3": dict(name="elbo", num_particles=3),
+    "meanfield": dict(name="meanfield"),
+    "iwae-standard": dict(name="iwae", num_particles=4),
+    "iwae-stl": dict(name="iwae", num_particles=4, gradient="stl"),
+    "iwae-dreg": dict(name="iwae", num_particles=4, gradient="dreg"),
+    "miwae": dict(name="miwae", num_particles=3, num_outer=2),
+    "ciwae": dict(name="ciwae", num_particles=4),
+    "piwae": dict(name="piwae", num_particles=3, num_outer=2),
+}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits", None, "dynamic", None, 0)
+
+
+def eager(objective, vae, params, x, seed):
+    torch.manual_seed(seed)
+    loss = objective.differentiable_loss(vae.model, vae.guide, x, num_data=1000)
+    return loss.detach(), torch.autograd.grad(loss, params)
+
+
+@pytest.mark.parametrize("key", list(OBJECTIVES))
+def test_the_replay_is_the_eager_step_for_every_objective_in_float64(key):
+    settings = dict(OBJECTIVES[key])
+    objective = build_objective(settings.pop("name"), **settings)
+    torch.manual_seed(0)
+    vae = build_vae(12, latent_dim=3, hidden=(16,)).double()
+    vae.register_params = vae.validate_inputs = False
+    params = [p for p in vae.parameters()]
+    x = torch.bernoulli(torch.rand(7, 12, dtype=torch.float64))
+    eager(objective, vae, params, x, 0)                       # warm the objective's caches, as a first step does
+    notes = []
+    step = CompiledStep(vae, objective, params, 1000, mode="on", note=notes.append)
+    for seed in (1, 2):                                       # the first call records and checks, the second replays
+        torch.manual_seed(seed)
+        loss, grads = step(x, vae.model, vae.guide)
+        after = torch.get_rng_state()
+        expected_loss, expected_grads = eager(objective, vae, params, x, seed)
+        assert torch.equal(torch.get_rng_state(), after)      # the same random draws, no more, no fewer
+        assert loss.dtype == torch.float64 and torch.equal(loss, expected_loss), (key, seed)
+        assert all(torch.equal(g, e) for g, e in zip(grads, expected_grads)), key
+    assert len(step.recordings) == 1 and next(iter(step.recordings.values())).verified
+    assert any("bit for bit" in line for line in notes), notes
+
+
+def tiny(out, **overrides):
+    return TrainConfig(**{**dict(hidden=(32,), latent_dim=2, epochs=2, patience=0, out=str(out)), **overrides})
+
+
+def train_params(module, data, config):
+    pyro.clear_param_store()
+    pyro.set_rng_seed(config.seed)
+    trainer = Trainer(module, data, config, progress=False)
+    trainer.fit()
+    return trainer, {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(loss="iwae", num_particles=5, gradient="dreg"),
+                                       dict(loss="meanfield", warmup_epochs=1.0)], ids=["elbo", "iwae-dreg", "warmup"])
+def test_two_epochs_compiled_equal_two_epochs_eager_bit_for_bit(tmp_path, digits, overrides):
+    """The measured bound is 0: every parameter is equal after 2 epochs (26 steps), compiled or not."""
+    runs = {}
+    for mode in ("off", "on"):
+        torch.manual_seed(0)
+        vae = build_vae(digits.data_dim, latent_dim=2, hidden=(32,))
+        runs[mode] = train_params(vae, digits, tiny(tmp_path / mode, compile=mode, **overrides))
+    (eager_trainer, eager_state), (compiled_trainer, compiled_state) = runs["off"], runs["on"]
+    assert all(torch.equal(eager_state[k], compiled_state[k]) for k in eager_state)
+    assert [r["train_loss"] for r in eager_trainer.history] == [r["train_loss"] for r in compiled_trainer.history]
+    # one recording per batch shape: 12 full batches of 100 and the last of 57 (1257 training digits)
+    shapes = sorted(key[0] for key in compiled_trainer.compiled.recordings)
+    assert shapes == [(57, 64), (100, 64)]
+    # recorded in the epoch that first meets each shape (warm-up's steps, with beta < 1, are eager)
+    seconds = [r["compile_seconds"] for r in compiled_trainer.history]
+    assert seconds[0] > 0 and (seconds[1] > 0 if "warmup_epochs" in overrides else seconds[1] == 0)
+    assert eager_trainer.compiled.disabled == "compile is off"
+
+
+class DataDependentVAE(nn.Module):
+    """A model on the contract whose guide branches on the data in Python: it cannot be recorded."""
+
+    def __init__(self, data_dim=64, latent_dim=2):
+        super().__init__()
+        self.encoder = nn.Linear(data_dim, 2 * latent_dim)
+        self.decoder = nn.Linear(latent_dim, data_dim)
+        self.latent_dim = latent_dim
+
+    def model(self, x, num_data=None):
+        with pyro.plate("data", num_data or x.shape[0], subsample=torch.arange(x.shape[0])):
+            z = pyro.sample("z", dist.Normal(torch.zeros(x.shape[0], self.latent_dim), 1.0).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=self.decoder(z)).to_event(1), obs=x)
+
+    def guide(self, x, num_data=None):
+        loc, log_scale = self.encoder(x).chunk(2, -1)
+        if x.mean() > 0.5:                                  # Python control flow on data
+            loc = loc + 1.0
+        with pyro.plate("data", num_data or x.shape[0], subsample=torch.arange(x.shape[0])):
+            pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+
+class DiscreteLatent(DataDependentVAE):
+    """A Bernoulli latent: no reparameterized samples, so no recorded gradient."""
+
+    def model(self, x, num_data=None):
+        with pyro.plate("data", num_data or x.shape[0], subsample=torch.arange(x.shape[0])):
+            z = pyro.sample("z", dist.Bernoulli(0.5 * torch.ones(x.shape[0], self.latent_dim)).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=self.decoder(z)).to_event(1), obs=x)
+
+    def guide(self, x, num_data=None):
+        with pyro.plate("data", num_data or x.shape[0], subsample=torch.arange(x.shape[0])):
+            pyro.sample("z", dist.Bernoulli(logits=self.encoder(x)[:, :self.latent_dim]).to_event(1))
+
+
+@pytest.mark.parametrize("module, reason", [(DataDependentVAE, "reads a tensor's value in Python"),
+                                            (DiscreteLatent, "no reparameterized samples")],
+                         ids=["python-control-flow", "discrete-latent"])
+def test_what_cannot_be_recorded_runs_eagerly_saying_why_or_is_an_error_with_on(tmp_path, digits, module, reason,
+                                                                               capsys):
+    torch.manual_seed(0)
+    auto, _ = train_params(module(), digits, tiny(tmp_path / "auto", epochs=1))
+    assert reason in auto.compiled.disabled and len(auto.history) == 1
+    assert f"compile: eager steps ({auto.compiled.disabled})" in capsys.readouterr().err   # one line saying why
+    torch.manual_seed(0)
+    eager, _ = train_params(module(), digits, tiny(tmp_path / "off", epochs=1, compile="off"))
+    assert auto.history[0]["train_loss"] == eager.history[0]["train_loss"]   # the fallback changes no number
+    with pytest.raises(CompileError, match=reason):
+        train_params(module(), digits, tiny(tmp_path / "on", epochs=1, compile="on"))
+
+
+@pytest.mark.parametrize("example", ["two-layer", "conditional"])
+def test_the_examples_compile_and_train_as_they_do_eagerly(tmp_path, digits, example):
+    states = {}
+    for mode in ("off", "on"):
+        torch.manual_seed(0)
+        module = (TwoLayerVAE(digits.data_dim, latent_dim=2, hidden=(32,), latent1_dim=4, hidden2=(8,))
+                  if example == "two-layer" else ConditionalVAE(digits.data_dim, 10, latent_dim=2, hidden=(32,)))
+        trainer, states[mode] = train_params(module, digits, tiny(tmp_path / mode, epochs=1, compile=mode,
+                                                                  loss="iwae", num_particles=3))
+        assert trainer.compiled.disabled is None or mode == "off"
+    assert all(torch.equal(states["off"][k], states["on"][k]) for k in states["off"])
+
+
+def test_the_compile_time_is_in_the_metrics_log(tmp_path, digits):
+    from pyro_vae.launch import train
+    config = tiny(tmp_path / "run", epochs=2)
+    train(config, progress=False, data=digits, figures=False)
+    rows = [json.loads(line) for line in (Path(config.out) / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["compile_seconds"] > 0 and rows[1]["compile_seconds"] == 0
