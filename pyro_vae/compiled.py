@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.utils._pytree as pytree
 import pyro
 from pyro.infer import ELBO, Trace_ELBO, TraceMeanField_ELBO
 from pyro.infer.util import is_identically_zero
@@ -163,43 +164,42 @@ def prune(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
 
 @dataclass
 class Recording:
-    """One signature's recorded step, or why it runs eagerly (``graph`` None)."""
-    graph: Optional[torch.fx.GraphModule]
+    """One signature's recorded function, or why it runs eagerly (``graph`` None)."""
+    graph: Optional[Callable]
+    label: str = ""                      # what it was recorded for, e.g. "x [100, 64]"
     why_not: Optional[str] = None
     verified: bool = False
     seconds: float = 0.0                 # spent recording and checking it
+    cuda_graph: Any = None               # on CUDA: (torch.cuda.CUDAGraph, static inputs, static outputs)
 
 
-class CompiledStep:
-    """The loss and parameter gradients of a training step, recorded once per input signature and replayed.
+class Recorder:
+    """A function of tensors, recorded once per input signature and replayed.
 
     Args:
-        module: the ``nn.Module`` whose parameters are ``params`` (named by it, so they can be passed in).
-        objective: the ``pyro.infer.ELBO`` the step minimises; ``num_data``: N, passed to the programs.
-        params: the parameters, in the order the gradients come back.
+        traced: ``traced(*args) -> tuple of tensors``, what is recorded (``args``: tensors and lists of tensors).
+        eager: the same function as the library computes it eagerly (the reference of the first replay's check;
+            it may differ from ``traced`` only in how it computes the same numbers, e.g. ``.item()``).
         mode: ``"auto"`` (fall back to eager with a note), ``"on"`` (a :class:`CompileError` instead), ``"off"``.
-        note: called with one line whenever the step starts or finishes compiling, or falls back.
-        rtol: how far the first replay may be from the eager step (0 on the CPU in practice: it is bit for bit).
+        note: called with one line whenever a recording starts, is checked, or falls back.
+        rtol: how far the first replay may be from the eager result (0 on the CPU in practice: bit for bit).
+        what: what the function computes, for the notes ("the step", "log weights").
 
-    Calling it returns ``(loss, grads)`` for a batch ``x: [B, D]`` (``**data``: side inputs ``[B, ...]``), or
-    None where the caller must take the eager step instead.
+    ``recorder(key, *args)`` returns the outputs, or None where the caller must compute them eagerly; ``key``
+    holds what the recording depends on besides the tensors' shapes (the programs, ...).  On CUDA a checked
+    recording is captured in a CUDA graph (static input buffers; the random draws advance the generator's
+    graph-safe state at every replay), so a step launches no kernel from Python.
     """
 
-    def __init__(self, module: torch.nn.Module, objective: ELBO, params: Sequence[torch.Tensor], num_data: int,
-                 mode: str = "auto", note: Callable[[str], None] = lambda line: None, rtol: float = 1e-5):
+    def __init__(self, traced: Callable, eager: Callable, mode: str = "auto",
+                 note: Callable[[str], None] = lambda line: None, rtol: float = 1e-5, what: str = "the step"):
         if mode not in MODES:
             raise ValueError(f"compile must be one of {MODES}, got {mode!r}")
-        self.module, self.objective, self.params, self.num_data = module, objective, list(params), num_data
-        self.mode, self.note, self.rtol = mode, note, rtol
-        self.loss = recordable_loss(objective)
+        self.traced, self.eager, self.mode, self.note, self.rtol, self.what = traced, eager, mode, note, rtol, what
         self.recordings: Dict[tuple, Recording] = {}
+        self.disabled: Optional[str] = None if mode != "off" else "compile is off"
+        self.buffers: Sequence[torch.Tensor] = ()     # tensors a call must leave as they were (module buffers)
         self._taken = 0.0
-        names = {id(p): name for name, p in module.named_parameters()}
-        outside = [i for i, p in enumerate(self.params) if id(p) not in names]
-        self.names = [names.get(id(p)) for p in self.params]
-        self.disabled = None if mode != "off" else "compile is off"
-        if outside and self.disabled is None:
-            self.refuse(f"{len(outside)} parameter(s) are pyro.params outside the module")
 
     @property
     def seconds(self) -> float:
@@ -213,84 +213,164 @@ class CompiledStep:
         return taken
 
     def refuse(self, why: str) -> None:
-        """Run every step eagerly from now on, for ``why`` (an error with ``mode="on"``)."""
+        """Compute eagerly from now on, for ``why`` (an error with ``mode="on"``)."""
         if self.mode == "on":
-            raise CompileError(f"cannot compile the training step: {why} (compile='auto' runs such steps eagerly)")
+            raise CompileError(f"cannot compile {self.what}: {why} (compile='auto' runs it eagerly)")
         if self.disabled is None:
-            self.note(f"compile: eager steps ({why})")
+            self.note(f"compile: {self.what} runs eagerly ({why})")
         self.disabled = why
+
+    def __call__(self, key: tuple, *args) -> Optional[Tuple[torch.Tensor, ...]]:
+        if self.disabled is not None:
+            return None
+        flat = pytree.tree_leaves(args)
+        signature = key + tuple((tuple(t.shape), t.dtype, t.device) for t in flat)
+        recording = self.recordings.get(signature)
+        if recording is None:
+            recording = self.recordings[signature] = self._record(args, flat)
+        if recording.graph is None:
+            return None
+        if not recording.verified:
+            return self._check(recording, args, flat)
+        if recording.cuda_graph is not None:
+            graph, inputs, outputs = recording.cuda_graph
+            for buffer, value in zip(inputs, flat):
+                if buffer.data_ptr() != value.data_ptr():
+                    buffer.copy_(value)
+            graph.replay()
+            return outputs
+        with torch.no_grad():
+            return tuple(recording.graph(*args))
+
+    def _record(self, args, flat) -> Recording:
+        from torch.fx.experimental.proxy_tensor import make_fx
+        start = time.perf_counter()
+        device = flat[-1].device
+        self.note(f"compiling {self.what} for {_shapes(flat)}")
+        saved = [(b, b.detach().clone()) for b in self.buffers]
+        try:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+                    pyro.validation_enabled(False):
+                graph = prune(make_fx(self.traced)(*args))
+            if any(not torch.equal(b, before) for b, before in saved):
+                raise CompileError("a step changes the module's buffers (batch-norm statistics)")
+        except Exception as error:  # noqa: BLE001 - whatever stops the recording, the eager path still works
+            why = str(error) if isinstance(error, CompileError) else _first_line(error)
+            self.refuse(why)
+            return Recording(None, _shapes(flat), why, seconds=time.perf_counter() - start)
+        finally:
+            with torch.no_grad():
+                for b, before in saved:
+                    b.copy_(before)
+        return Recording(graph, _shapes(flat), seconds=time.perf_counter() - start)
+
+    def _check(self, recording: Recording, args, flat):
+        """The first replay of a recording, beside the eager function from the same random state."""
+        start = time.perf_counter()
+        device = flat[-1].device
+        before = _rng_state(device)
+        expected = tuple(self.eager(*args))
+        after_eager = _rng_state(device)
+        _set_rng_state(before, device)
+        with torch.no_grad():
+            replayed = tuple(recording.graph(*args))
+        same_draws = all(a is None or torch.equal(a, b) for a, b in zip(after_eager, _rng_state(device)))
+        error = _max_relative_error(replayed, expected)
+        recording.seconds += time.perf_counter() - start
+        if not same_draws or not error <= self.rtol:
+            _set_rng_state(after_eager, device)
+            recording.graph = None
+            recording.why_not = ("the recording draws different random numbers than the eager computation"
+                                 if not same_draws else f"the recording differs from the eager computation "
+                                                        f"(relative error {error:.1e})")
+            self.refuse(recording.why_not)
+            return expected
+        recording.verified = True
+        exact = "bit for bit" if error == 0 else f"relative error {error:.1e} from"
+        if device.type == "cuda":
+            self._capture(recording, args, flat)
+        self.note(f"compiled {self.what} for {_shapes(flat)} in {recording.seconds:.1f} s ({exact} the eager "
+                  f"computation{', CUDA graph' if recording.cuda_graph is not None else ''})")
+        return replayed
+
+    def _capture(self, recording: Recording, args, flat) -> None:
+        """Capture the replay in a CUDA graph: inputs copied into static buffers (the parameters are static
+        already: the optimiser updates them in place), outputs in static buffers overwritten by each replay."""
+        start = time.perf_counter()
+        try:
+            static = [t if isinstance(t, torch.nn.Parameter) else t.clone() for t in flat]
+            static_args = pytree.tree_unflatten(static, pytree.tree_structure(args))
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream), torch.no_grad(), torch.random.fork_rng(devices=[flat[-1].device]):
+                recording.graph(*static_args)                    # warm-up run (allocations), off the stream
+            torch.cuda.current_stream().wait_stream(stream)
+            graph = torch.cuda.CUDAGraph()
+            with torch.no_grad(), torch.cuda.graph(graph):
+                outputs = tuple(recording.graph(*static_args))
+            recording.cuda_graph = (graph, static, outputs)
+        except Exception as error:  # noqa: BLE001 - the plain replay still works
+            self.note(f"compile: no CUDA graph for {self.what} ({_first_line(error)}); replaying without one")
+        recording.seconds += time.perf_counter() - start
+
+
+def _shapes(flat: Sequence[torch.Tensor]) -> str:
+    return f"x {list(flat[-1].shape) if len(flat) else []}"
+
+
+class CompiledStep:
+    """The loss and parameter gradients of a training step, recorded once per input signature and replayed
+    (a :class:`Recorder` of the step).
+
+    Args:
+        module: the ``nn.Module`` whose parameters are ``params`` (named by it, so they can be passed in).
+        objective: the ``pyro.infer.ELBO`` the step minimises; ``num_data``: N, passed to the programs.
+        params: the parameters, in the order the gradients come back.
+        mode, note, rtol: as for :class:`Recorder`.
+
+    ``step(x, model, guide, **data)`` returns ``(loss, grads)`` for a batch ``x: [B, D]`` (``**data``: side
+    inputs ``[B, ...]``), or None where the caller must take the eager step instead.
+    """
+
+    def __init__(self, module: torch.nn.Module, objective: ELBO, params: Sequence[torch.Tensor], num_data: int,
+                 mode: str = "auto", note: Callable[[str], None] = lambda line: None, rtol: float = 1e-5):
+        self.module, self.objective, self.params, self.num_data = module, objective, list(params), num_data
+        self.loss = recordable_loss(objective)
+        names = {id(p): name for name, p in module.named_parameters()}
+        self.names = [names.get(id(p)) for p in self.params]
+        self.recorder = Recorder(self._traced, self._eager, mode, note, rtol, "the step")
+        self.recorder.buffers = list(module.buffers())
+        self._programs: Tuple[Callable, Callable, Tuple[str, ...]] = (None, None, ())
+        if mode != "off" and None in self.names:
+            self.refuse(f"{self.names.count(None)} parameter(s) are pyro.params outside the module")
+
+    disabled = property(lambda self: self.recorder.disabled)
+    recordings = property(lambda self: self.recorder.recordings)
+    seconds = property(lambda self: self.recorder.seconds)
+
+    def refuse(self, why: str) -> None:
+        self.recorder.refuse(why)
+
+    def take_seconds(self) -> float:
+        return self.recorder.take_seconds()
+
+    def _traced(self, params, x, *values):
+        model, guide, keys = self._programs
+        with swapped_parameters(self.module, dict(zip(self.names, params))):
+            loss = self.loss(model, guide, x, num_data=self.num_data, **dict(zip(keys, values)))
+        return (loss, *torch.autograd.grad(loss, params))
+
+    def _eager(self, params, x, *values):
+        model, guide, keys = self._programs
+        loss = self.objective.differentiable_loss(model, guide, x, num_data=self.num_data, **dict(zip(keys, values)))
+        return (loss.detach(), *torch.autograd.grad(loss, params))
 
     def __call__(self, x: torch.Tensor, model: Callable, guide: Callable,
                  **data: torch.Tensor) -> Optional[Tuple[torch.Tensor, List[torch.Tensor]]]:
-        if self.disabled is not None:
+        if self.recorder.disabled is not None:
             return None
-        keys = sorted(data)
+        keys = tuple(sorted(data))
+        self._programs = (model, guide, keys)
         # the programs themselves (bound methods compare equal by instance and function), never a reusable id
-        signature = (tuple(x.shape), x.dtype, x.device, model, guide,
-                     tuple((k, tuple(data[k].shape), data[k].dtype) for k in keys))
-        recording = self.recordings.get(signature)
-        if recording is None:
-            recording = self.recordings[signature] = self._record(x, model, guide, keys, data)
-        if recording.graph is None:
-            return None
-        values = [data[k] for k in keys]
-        if not recording.verified:
-            return self._check(recording, x, model, guide, values, data)
-        with torch.no_grad():
-            out = recording.graph(self.params, x, *values)
-        return out[0], list(out[1:])
-
-    def _traced_step(self, model, guide, keys):
-        def step(params, x, *values):
-            with swapped_parameters(self.module, dict(zip(self.names, params))):
-                loss = self.loss(model, guide, x, num_data=self.num_data, **dict(zip(keys, values)))
-            return (loss, *torch.autograd.grad(loss, params))
-        return step
-
-    def _record(self, x, model, guide, keys, data) -> Recording:
-        from torch.fx.experimental.proxy_tensor import make_fx
-        start = time.perf_counter()
-        self.note(f"compiling the step for x {list(x.shape)}")
-        buffers = [(b, b.detach().clone()) for b in self.module.buffers()]
-        try:
-            with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []), \
-                    pyro.validation_enabled(False):
-                graph = prune(make_fx(self._traced_step(model, guide, keys))(self.params, x,
-                                                                              *[data[k] for k in keys]))
-            if any(not torch.equal(b, saved) for b, saved in buffers):
-                raise CompileError("a step changes the module's buffers (batch-norm statistics)")
-        except Exception as error:  # noqa: BLE001 - whatever stops the recording, the eager step still works
-            why = str(error) if isinstance(error, CompileError) else _first_line(error)
-            self.refuse(why)
-            return Recording(None, why, seconds=time.perf_counter() - start)
-        finally:
-            with torch.no_grad():
-                for b, saved in buffers:
-                    b.copy_(saved)
-        return Recording(graph, seconds=time.perf_counter() - start)
-
-    def _check(self, recording: Recording, x, model, guide, values, data):
-        """The first replay of a recording, beside the eager step from the same random state."""
-        start = time.perf_counter()
-        before = _rng_state(x.device)
-        loss = self.objective.differentiable_loss(model, guide, x, num_data=self.num_data, **data)
-        eager = (loss.detach(), list(torch.autograd.grad(loss, self.params)))
-        after_eager = _rng_state(x.device)
-        _set_rng_state(before, x.device)
-        with torch.no_grad():
-            out = recording.graph(self.params, x, *values)
-        replayed = (out[0], list(out[1:]))
-        same_draws = all(a is None or torch.equal(a, b) for a, b in zip(after_eager, _rng_state(x.device)))
-        error = _max_relative_error([replayed[0], *replayed[1]], [eager[0], *eager[1]])
-        recording.seconds += time.perf_counter() - start
-        if not same_draws or not error <= self.rtol:
-            _set_rng_state(after_eager, x.device)
-            recording.graph = None
-            recording.why_not = ("the recording draws different random numbers than the eager step" if not same_draws
-                                 else f"the recording differs from the eager step (relative error {error:.1e})")
-            self.refuse(recording.why_not)
-            return eager
-        recording.verified = True
-        exact = "bit for bit" if error == 0 else f"relative error {error:.1e}"
-        self.note(f"compiled the step for x {list(x.shape)} in {recording.seconds:.1f} s ({exact} the eager step)")
-        return replayed
+        out = self.recorder((model, guide, keys), self.params, x, *[data[k] for k in keys])
+        return None if out is None else (out[0], list(out[1:]))

@@ -91,8 +91,8 @@ def test_two_epochs_compiled_equal_two_epochs_eager_bit_for_bit(tmp_path, digits
     assert all(torch.equal(eager_state[k], compiled_state[k]) for k in eager_state)
     assert [r["train_loss"] for r in eager_trainer.history] == [r["train_loss"] for r in compiled_trainer.history]
     # one recording per batch shape: 12 full batches of 100 and the last of 57 (1257 training digits)
-    shapes = sorted(key[0] for key in compiled_trainer.compiled.recordings)
-    assert shapes == [(57, 64), (100, 64)]
+    labels = sorted(r.label for r in compiled_trainer.compiled.recordings.values())
+    assert labels == ["x [100, 64]", "x [57, 64]"]
     # recorded in the epoch that first meets each shape (warm-up's steps, with beta < 1, are eager)
     seconds = [r["compile_seconds"] for r in compiled_trainer.history]
     assert seconds[0] > 0 and (seconds[1] > 0 if "warmup_epochs" in overrides else seconds[1] == 0)
@@ -142,7 +142,7 @@ def test_what_cannot_be_recorded_runs_eagerly_saying_why_or_is_an_error_with_on(
     torch.manual_seed(0)
     auto, _ = train_params(module(), digits, tiny(tmp_path / "auto", epochs=1))
     assert reason in auto.compiled.disabled and len(auto.history) == 1
-    assert f"compile: eager steps ({auto.compiled.disabled})" in capsys.readouterr().err   # one line saying why
+    assert f"compile: the step runs eagerly ({auto.compiled.disabled})" in capsys.readouterr().err   # one line: why
     torch.manual_seed(0)
     eager, _ = train_params(module(), digits, tiny(tmp_path / "off", epochs=1, compile="off"))
     assert auto.history[0]["train_loss"] == eager.history[0]["train_loss"]   # the fallback changes no number
