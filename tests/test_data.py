@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_vae import data
+from pyro_vae import data, sources
 from pyro_vae.data import DataError, load_dataset
 
 N_TRAIN, N_TEST, VALID = 50, 20, 10
@@ -78,7 +78,7 @@ def write_amat_dataset(directory: Path) -> dict:
 
 @pytest.fixture
 def no_debian_fashion(monkeypatch, tmp_path):
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "no-debian-package"))
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "no-debian-package"))
 
 
 # ----------------------------------------------------------------------------- MNIST / Fashion-MNIST
@@ -134,7 +134,7 @@ def test_impossible_valid_size(tmp_path, valid_size):
 def test_fashion_mnist_falls_back_to_debian_dir(tmp_path, monkeypatch):
     debian = tmp_path / "debian"
     write_idx_dataset(debian, gz=True)
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", str(debian))
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST_DIR", str(debian))
     (tmp_path / "empty").mkdir()
     ds = load_dataset("fashion-mnist", data_dir=str(tmp_path / "empty"), valid_size=VALID)
     assert len(ds.train) == N_TRAIN - VALID and len(ds.test) == N_TEST
@@ -294,7 +294,7 @@ def test_binarized_mnist_download(tmp_path, monkeypatch):
         requested.append(url)
         return io.BytesIO((tmp_path / "server" / url.rsplit("/", 1)[1]).read_bytes())
 
-    monkeypatch.setattr(data.urllib.request, "urlopen", fake_urlopen)
+    monkeypatch.setattr(sources.urllib.request, "urlopen", fake_urlopen)
     target = tmp_path / "data"
     ds = load_dataset("binarized-mnist", data_dir=str(target), download=True)
     assert sorted(requested) == sorted(data.BINARIZED_MNIST_URL.format(split=s) for s in AMAT_ROWS)
@@ -306,7 +306,7 @@ def test_binarized_mnist_download_failure(tmp_path, monkeypatch):
     def offline(url, timeout):
         raise urllib.error.URLError("no route to host")
 
-    monkeypatch.setattr(data.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(sources.urllib.request, "urlopen", offline)
     with pytest.raises(DataError, match="binarized_mnist_train.amat failed.*no route to host"):
         load_dataset("binarized-mnist", data_dir=str(tmp_path), download=True)
     assert list(tmp_path.iterdir()) == []
