@@ -71,8 +71,8 @@ def summarize(records: List[Dict], names: Iterable[str], keys=("log_px", "elbo",
 
 
 def plot_study(records: List[Dict], table: Dict, path: Path, ylabel: str, title: str) -> None:
-    from pyro_vae.plots import _new_figure, _save
-    fig = _new_figure((max(6.0, 1.3 * len(table)), 4.0))
+    from pyro_vae.plots import new_figure, save_figure
+    fig = new_figure((max(6.0, 1.3 * len(table)), 4.0))
     ax = fig.add_subplot(1, 1, 1)
     for i, name in enumerate(table):
         runs = [r["log_px"] for r in records if r["name"] == name]
@@ -84,7 +84,7 @@ def plot_study(records: List[Dict], table: Dict, path: Path, ylabel: str, title:
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend()
-    _save(fig, path, tight=True)
+    save_figure(fig, path, tight=True)
 
 
 def write_table(out_dir: Path, title: str, command: str, revision: str, description: str, columns, rows,
