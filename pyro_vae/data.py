@@ -36,11 +36,15 @@ Data sets (``name`` argument of :func:`load_dataset`):
     the 10000 ``t10k`` images are the test set.
 ``binarized-mnist``
     Larochelle's fixed binarization of MNIST: ``binarized_mnist_train.amat``,
-    ``binarized_mnist_valid.amat`` and ``binarized_mnist_test.amat`` in
-    ``data_dir`` or ``data_dir/binarized_mnist``; one image per line as 784
-    space-separated 0/1 values. The official 50000/10000/10000 split is used
-    as is, so ``valid_size`` may not be given. No labels. ``download=True``
-    fetches the files from :data:`BINARIZED_MNIST_URL` into ``data_dir``.
+    ``binarized_mnist_valid.amat`` and ``binarized_mnist_test.amat``, each
+    plain or gzipped (``.amat.gz``; plain is read if both exist), in
+    ``data_dir`` or ``data_dir/binarized_mnist`` (so a folder such as
+    ``../shared/data`` holding ``binarized_mnist/`` works as ``data_dir``);
+    one image per line as 784 space-separated 0/1 values. The official
+    50000/10000/10000 split is used as is, so ``valid_size`` may not be given.
+    No labels. The test file is sorted by digit: take a subset of it by
+    striding, never its first rows. ``download=True`` fetches missing files
+    from :data:`BINARIZED_MNIST_URL` into ``data_dir``.
     The data are already binary, so ``binarize="dynamic"`` is refused and
     ``"static"`` returns them unchanged.
 ``<path>.npy``

@@ -11,7 +11,8 @@ IDX (:func:`read_idx`)
     :data:`IDX_IMAGES_MAGIC` for ``[N, H, W]`` images, :data:`IDX_LABELS_MAGIC` for ``[N]`` labels, then one
     size per dimension) and the unsigned bytes.
 ``.amat`` (:func:`read_amat`)
-    Larochelle's binarized MNIST: one image a line, :data:`AMAT_PIXELS` whitespace-separated 0/1 values.
+    Larochelle's binarized MNIST, plain or gzipped (``.amat.gz``): one image a line, :data:`AMAT_PIXELS`
+    whitespace-separated 0/1 values.
 ``.npy`` / ``.npz`` (:func:`read_array_file`)
     numpy's own formats, read without pickles.
 
@@ -109,31 +110,35 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
 def read_amat(path: Path) -> np.ndarray:
     """Read a binarized-MNIST ``.amat`` file: one line of 784 whitespace-separated 0/1 per image.
 
-    Blank lines are skipped.
+    A name ending in ``.gz`` (``binarized_mnist_test.amat.gz``) is decompressed while reading. Blank lines
+    are skipped.
 
     Returns:
         ``[N, 784]`` float32 of 0s and 1s, in the order of the file's lines.
 
     Raises:
         DataError: A line without exactly 784 values, a value other than 0 or 1 (naming the file and line),
-            or no data at all.
+            no data at all, or a file that cannot be read or decompressed (a corrupt or truncated ``.gz``).
     """
     rows = []
     line_numbers = []
-    with open(path, "rb") as handle:
-        for line_number, line in enumerate(handle, start=1):
-            tokens = line.split()
-            if not tokens:
-                continue
-            if len(tokens) != AMAT_PIXELS:
-                raise DataError(
-                    f"{path}, line {line_number}: expected {AMAT_PIXELS} values, found {len(tokens)}"
-                )
-            row = b"".join(tokens)
-            if len(row) != AMAT_PIXELS:  # some token is longer than one character
-                raise DataError(f"{path}, line {line_number}: values must be 0 or 1")
-            rows.append(row)
-            line_numbers.append(line_number)
+    try:
+        with (gzip.open(path, "rb") if _is_gzip(path) else open(path, "rb")) as handle:
+            for line_number, line in enumerate(handle, start=1):
+                tokens = line.split()
+                if not tokens:
+                    continue
+                if len(tokens) != AMAT_PIXELS:
+                    raise DataError(
+                        f"{path}, line {line_number}: expected {AMAT_PIXELS} values, found {len(tokens)}"
+                    )
+                row = b"".join(tokens)
+                if len(row) != AMAT_PIXELS:  # some token is longer than one character
+                    raise DataError(f"{path}, line {line_number}: values must be 0 or 1")
+                rows.append(row)
+                line_numbers.append(line_number)
+    except _DECOMPRESSION_ERRORS as exc:  # a corrupt or truncated .gz (or an unreadable file)
+        raise DataError(f"cannot read {path}: {exc}") from exc
     if not rows:
         raise DataError(f"{path} holds no data")
     digits = np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(-1, AMAT_PIXELS) - np.uint8(ord("0"))

@@ -6,8 +6,8 @@ One loader per source returns :class:`RawSplits`, numpy arrays as read from disk
 * :func:`load_digits`: scikit-learn's bundled 8x8 digits;
 * :func:`load_idx`: MNIST / Fashion-MNIST IDX files, searched in several folders, downloaded by torchvision
   on request;
-* :func:`load_binarized_mnist`: Larochelle's ``.amat`` files, downloaded from :data:`BINARIZED_MNIST_URL`
-  on request;
+* :func:`load_binarized_mnist`: Larochelle's ``.amat`` (or ``.amat.gz``) files, downloaded from
+  :data:`BINARIZED_MNIST_URL` on request;
 * :func:`load_array_file`: a user's ``.npy`` / ``.npz`` file.
 
 The file formats themselves are read by :mod:`pyro_vae.formats`. Held-out splits are drawn by permutations
@@ -189,16 +189,15 @@ def _idx_search_dirs(name: str, root: Path) -> List[Path]:
     return dirs
 
 
-def _find_idx_files(directory: Path) -> Optional[Dict[str, Path]]:
-    """The four IDX files in ``directory`` (each plain or ``.gz``), or None if any is missing."""
-    found = {}
-    for key, base in _IDX_FILES.items():
-        candidates = [directory / base, directory / f"{base}.gz"]
-        existing = [path for path in candidates if path.is_file()]
-        if not existing:
-            return None
-        found[key] = existing[0]
-    return found
+def _find_files(dirs: List[Path], names: Dict[str, str]) -> Optional[Dict[str, Path]]:
+    """``{key: path}`` of the files ``names`` (each plain or ``.gz``, plain preferred) in the first of ``dirs``
+    that holds them all, or None."""
+    for directory in dirs:
+        found = {key: next((path for path in (directory / base, directory / f"{base}.gz") if path.is_file()), None)
+                 for key, base in names.items()}
+        if all(found.values()):
+            return found
+    return None
 
 
 def _download_torchvision(name: str, root: Path) -> Dict[str, Path]:
@@ -214,7 +213,7 @@ def _download_torchvision(name: str, root: Path) -> Dict[str, Path]:
             f"copy the IDX files ({', '.join(_IDX_FILES.values())}, plain or .gz) into {root}"
         ) from exc
     raw_dir = root / _TORCHVISION_NAMES[name] / "raw"
-    files = _find_idx_files(raw_dir)
+    files = _find_files([raw_dir], _IDX_FILES)
     if files is None:
         raise DataError(f"torchvision reported a successful download, but {raw_dir} lacks the IDX files")
     return files
@@ -240,7 +239,7 @@ def load_idx(name: str, root: Path, valid_size: Optional[int], seed: int, downlo
     are held out by ``seed``; the 10000 ``t10k`` images are the test set.
     """
     dirs = _idx_search_dirs(name, root)
-    files = next((found for found in map(_find_idx_files, dirs) if found is not None), None)
+    files = _find_files(dirs, _IDX_FILES)
     if files is None:
         if not download:
             raise DataError(_missing_idx_message(name, dirs))
@@ -297,34 +296,39 @@ def _download_file(url: str, target: Path) -> None:
     os.replace(partial, target)
 
 
+def _missing_amat_message(dirs: List[Path]) -> str:
+    wanted = ", ".join(f"{base}[.gz]" for base in _AMAT_FILES.values())
+    return (
+        f"binarized-mnist not found: looked for {wanted} in {', '.join(str(d) for d in dirs)}. To get them, "
+        "point --data-dir (data_dir) at a folder holding them directly or in a binarized_mnist/ subfolder "
+        "(e.g. --data-dir ../shared/data for ../shared/data/binarized_mnist/), or download them on a machine "
+        "with internet: pyro-vae train --dataset binarized-mnist --download (python -m experiments run ... "
+        f"--download; download=True in Python), or fetch them from {BINARIZED_MNIST_URL} (split = train, "
+        "valid, test) and put them, plain or gzipped, into --data-dir"
+    )
+
+
 def load_binarized_mnist(root: Path, valid_size: Optional[int], download: bool) -> RawSplits:
-    """Larochelle's binarized MNIST from ``root`` or ``root/binarized_mnist``: the official 50000/10000/10000
-    split as is (so ``valid_size`` must be None), ``[N, 784]`` 0/1, no labels. With ``download`` the missing
-    files are fetched from :data:`BINARIZED_MNIST_URL` into ``root``."""
+    """Larochelle's binarized MNIST from ``root`` or ``root/binarized_mnist``, each file ``.amat`` or ``.amat.gz``:
+    the official 50000/10000/10000 split as is (so ``valid_size`` must be None), ``[N, 784]`` 0/1, no labels.
+    With ``download`` the missing files are fetched from :data:`BINARIZED_MNIST_URL` into ``root``."""
     if valid_size is not None:
         raise DataError(
             "binarized-mnist comes with an official 50000/10000/10000 split; "
             "valid_size cannot be changed"
         )
     dirs = [root, root / "binarized_mnist"]
-    directory = next(
-        (d for d in dirs if all((d / f).is_file() for f in _AMAT_FILES.values())), None
-    )
-    if directory is None:
+    files = _find_files(dirs, _AMAT_FILES)
+    if files is None:
         if not download:
-            raise DataError(
-                f"binarized-mnist not found: looked for {', '.join(_AMAT_FILES.values())} in "
-                f"{', '.join(str(d) for d in dirs)}. Pass --download (download=True) on a machine "
-                f"with internet, or fetch them from {BINARIZED_MNIST_URL} (split = train, valid, "
-                "test) and put them into --data-dir (data_dir)"
-            )
+            raise DataError(_missing_amat_message(dirs))
         for split, filename in _AMAT_FILES.items():
-            if not (root / filename).is_file():
+            if not any((root / name).is_file() for name in (filename, f"{filename}.gz")):
                 _download_file(BINARIZED_MNIST_URL.format(split=split), root / filename)
-        directory = root
+        files = _find_files([root], _AMAT_FILES)
 
     return RawSplits(
-        **{split: read_amat(directory / filename) for split, filename in _AMAT_FILES.items()},
+        **{split: read_amat(path) for split, path in files.items()},
         train_labels=None,
         valid_labels=None,
         test_labels=None,
