@@ -37,13 +37,17 @@ def main(argv=None) -> int:
                    help="smoke: seconds (CI); small: under ~30 min on 2 CPU cores; full: paper scale, for a GPU")
     p.add_argument("--out", default=None, help="output folder (default: experiments/results/STUDY)")
     p.add_argument("--data-dir", default=None,
-                   help="folder with the data files (binarized-mnist: binarized_mnist_*.amat and MNIST's IDX files; "
+                   help="folder with the data files (binarized-mnist: binarized_mnist_*.amat[.gz] and MNIST's IDX "
+                        "files, directly or in binarized_mnist/ and mnist/ subfolders, e.g. ../shared/data; "
                         "default: pyro_vae's data folder)")
+    p.add_argument("--download", action="store_true",
+                   help="download missing data files into --data-dir (needs internet)")
     args = parser.parse_args(argv)
     out = Path(args.out) if args.out else RESULTS / args.study
     command = "python -m experiments " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     try:
-        table = STUDIES[args.study].run(args.budget, out, command, git_revision(), data_dir=args.data_dir)
+        table = STUDIES[args.study].run(args.budget, out, command, git_revision(), data_dir=args.data_dir,
+                                        download=args.download)
     except DataError as exc:
         print(f"python -m experiments: {exc}", file=sys.stderr)
         return 2

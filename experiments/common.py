@@ -16,34 +16,60 @@ from pyro_vae.factory import load_vae
 from pyro_vae.launch import train
 
 
+def data_settings(data_dir: Optional[str] = None, download: bool = False) -> Dict:
+    """The data settings a study passes on to every run's config: only those given, so runs made without
+    them keep their configs."""
+    return {**({"data_dir": data_dir} if data_dir else {}), **({"download": True} if download else {})}
+
+
+def evaluation_indices(n_rows: int, eval_points: Optional[int]) -> torch.Tensor:
+    """Which of ``n_rows`` points to evaluate: ``eval_points`` of them spread evenly over the whole split,
+    rows ``(i * n_rows) // eval_points`` for ``i < eval_points`` (every (n_rows / eval_points)-th row), or all
+    rows when ``eval_points`` is None or not smaller than ``n_rows``.
+
+    Never the first ``eval_points``: a split sorted by class would be measured on one class. Larochelle's
+    binarized-MNIST test file is sorted by digit (its first 1000 rows are zeros, whose log p(x) is several
+    nats higher than the average digit's).
+
+    Returns:
+        ``[M]`` int64 indices, increasing, ``M = min(eval_points, n_rows)``.
+    """
+    if eval_points is None or eval_points >= n_rows:
+        return torch.arange(n_rows)
+    return torch.arange(eval_points) * n_rows // eval_points
+
+
 def run_one(name: str, seed: int, config: TrainConfig, num_samples: int, out: Path,
             eval_points: Optional[int] = None, train_gap: bool = False, revision: Optional[str] = None) -> Dict:
     """Train ``config`` into ``out`` (resuming a stopped run, skipping a finished one) and estimate the
-    best model's test log p(x) with S = ``num_samples`` on the first ``eval_points`` test points (all by
-    default); with ``train_gap``, also on as many training points (the train/test gap; the Burda et al.
-    overfitting measure).  ``revision`` (the code's git revision) is stored in the record, so a table
-    rebuilt later from kept runs still says which code made its numbers."""
+    best model's test log p(x) with S = ``num_samples`` on ``eval_points`` test points spread evenly over
+    the test set (:func:`evaluation_indices`; all by default); with ``train_gap``, also on as many training
+    points, chosen the same way (the train/test gap; the Burda et al. overfitting measure).  ``revision``
+    (the code's git revision) is stored in the record, so a table rebuilt later from kept runs still says
+    which code made its numbers."""
     record_path = out / "record.json"
     if record_path.exists():
         return json.loads(record_path.read_text())
     if not (out / SUMMARY).exists():
         train(config, resume=(out / CHECKPOINT).exists(), progress=False, figures=False)
     vae, config = load_vae(out)
-    data = load_dataset(config.dataset, config.data_dir, config.resolved_binarize(), config.valid_size, config.seed)
+    data = load_dataset(config.dataset, config.data_dir, config.resolved_binarize(), config.valid_size, config.seed,
+                        config.download)
     record = {"name": name, "seed": seed, "revision": revision, "config": config.to_dict(),
               "train_summary": json.loads((out / SUMMARY).read_text())}
     # training points as the model saw them in its first epoch (dynamic binarization resamples them)
     train_points = data.train_epoch(0, config.seed) if data.binarize == "dynamic" else data.train
     splits = [("test", data.test)] + ([("train", train_points)] if train_gap else [])
     for split, x in splits:
+        x = x[evaluation_indices(len(x), eval_points)]
         torch.manual_seed(seed)
-        result = evaluate(vae.model, vae.guide, x[:eval_points], num_samples=num_samples)
+        result = evaluate(vae.model, vae.guide, x, num_samples=num_samples)
         prefix = "" if split == "test" else "train_"
         record.update({prefix + "log_px": result.mean, prefix + "log_px_se": result.stderr,
                        prefix + "elbo": result.elbo})
         if split == "test":
             record.update(active_units=result.active_units, iwae_curve=result.iwae_curve,
-                          eval_points=len(x[:eval_points]))
+                          eval_points=len(x))
     record_path.write_text(json.dumps(record, indent=1) + "\n")
     return record
 
@@ -71,8 +97,8 @@ def summarize(records: List[Dict], names: Iterable[str], keys=("log_px", "elbo",
 
 
 def plot_study(records: List[Dict], table: Dict, path: Path, ylabel: str, title: str) -> None:
-    from pyro_vae.plots import _new_figure, _save
-    fig = _new_figure((max(6.0, 1.3 * len(table)), 4.0))
+    from pyro_vae.plots import new_figure, save_figure
+    fig = new_figure((max(6.0, 1.3 * len(table)), 4.0))
     ax = fig.add_subplot(1, 1, 1)
     for i, name in enumerate(table):
         runs = [r["log_px"] for r in records if r["name"] == name]
@@ -84,7 +110,7 @@ def plot_study(records: List[Dict], table: Dict, path: Path, ylabel: str, title:
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend()
-    _save(fig, path, tight=True)
+    save_figure(fig, path, tight=True)
 
 
 def write_table(out_dir: Path, title: str, command: str, revision: str, description: str, columns, rows,

@@ -15,7 +15,7 @@ from typing import Dict, List, Optional
 
 from pyro_vae.training import TrainConfig
 
-from .common import format_mean_se, plot_study, run_one, summarize, write_metrics, write_table
+from .common import data_settings, format_mean_se, plot_study, run_one, summarize, write_metrics, write_table
 
 ARCHITECTURE = dict(dataset="fashion-mnist", binarize="dynamic", hidden=(200, 200), latent_dim=50,
                     activation="tanh", batch_size=100, lr=1e-3)
@@ -45,7 +45,7 @@ BUDGETS: Dict[str, Dict] = {
     "smoke": dict(seeds=[0], ks=[1, 2], num_samples=20, eval_points=50, two_layer_args=dict(latent1_dim=4, hidden2=[8]),
                   train=dict(dataset="digits", hidden=(16,), latent_dim=2, epochs=1, patience=0)),
     # ~30 min on 2 CPU cores: k in {1, 5} (k = 50 does not fit this budget on a CPU), 3 epochs of
-    # Fashion-MNIST, log p(x) on the first 250 test and 250 training points (S = 5000 on 500 points takes
+    # Fashion-MNIST, log p(x) on 250 test and 250 training points, strided over each split (S = 5000 on 500 points takes
     # longer than the training itself)
     "small": dict(seeds=[0, 1, 2], ks=[1, 5], num_samples=5000, eval_points=250, two_layer_args={},
                   train=dict(ARCHITECTURE, epochs=3, patience=0)),
@@ -82,18 +82,20 @@ def train_and_evaluate(budget: Dict, out_dir: Path, names: Dict[str, Dict], revi
 
 def describe_budget(budget: Dict, data: str) -> str:
     train = budget["train"]
+    points = (f"{budget['eval_points']} test points strided over the test set" if budget["eval_points"]
+              else "all test points")
     return (f"Data: {data}; network {train.get('hidden')} {train.get('activation', 'relu')}, latent "
             f"{train.get('latent_dim')}, batch {train.get('batch_size', 100)}; {train.get('epochs')} epochs; "
             f"seeds {budget['seeds']}; log p(x) by importance sampling, S = {budget['num_samples']}, on "
-            f"{budget['eval_points'] or 'all'} test points; gap = log p(x) on as many training points minus "
-            f"test; mean ± standard error over seeds.")
+            f"{points}; gap = log p(x) on as many training points minus test; mean ± standard error over seeds.")
 
 
-def run(budget_name: str, out_dir: Path, command: str, revision: str, data_dir: Optional[str] = None) -> Dict[str, Dict]:
+def run(budget_name: str, out_dir: Path, command: str, revision: str, data_dir: Optional[str] = None,
+        download: bool = False) -> Dict[str, Dict]:
     budget = BUDGETS[budget_name]
     out_dir.mkdir(parents=True, exist_ok=True)
     names = variants(budget["ks"], budget.get("two_layer_args"))
-    records = train_and_evaluate(budget, out_dir, names, revision, extra={"data_dir": data_dir} if data_dir else None)
+    records = train_and_evaluate(budget, out_dir, names, revision, extra=data_settings(data_dir, download))
     table = summarize(records, names, keys=("log_px", "elbo", "gap", "active_units"))
     data = budget["train"]["dataset"]
     rows = [(name, format_mean_se(row['log_px']), f"{row['elbo'][0]:.2f}",

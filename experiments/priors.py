@@ -13,7 +13,7 @@ from typing import Dict, Optional
 
 from pyro_vae.training import TrainConfig
 
-from .common import format_mean_se, plot_study, run_one, summarize, write_metrics, write_table
+from .common import data_settings, format_mean_se, plot_study, run_one, summarize, write_metrics, write_table
 
 PRIORS = ("standard", "mog", "vamp")
 
@@ -46,7 +46,8 @@ def write_outputs(records, table, budget_name, budget, out_dir: Path, command: s
                f"Priors on {budget['train'].get('dataset', 'digits')} ({budget_name} budget)")
 
 
-def run(budget_name: str, out_dir: Path, command: str, revision: str, data_dir: Optional[str] = None) -> Dict[str, Dict]:
+def run(budget_name: str, out_dir: Path, command: str, revision: str, data_dir: Optional[str] = None,
+        download: bool = False) -> Dict[str, Dict]:
     budget = BUDGETS[budget_name]
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []
@@ -54,7 +55,7 @@ def run(budget_name: str, out_dir: Path, command: str, revision: str, data_dir: 
         for prior in PRIORS:
             run_dir = out_dir / "runs" / f"{prior}-seed{seed}"
             config = TrainConfig(prior=prior, prior_components=budget["components"].get(prior, 10), seed=seed,
-                                 out=str(run_dir), **budget["train"], **({"data_dir": data_dir} if data_dir else {}))
+                                 out=str(run_dir), **budget["train"], **data_settings(data_dir, download))
             record = run_one(prior, seed, config, budget["num_samples"], run_dir, revision=revision)
             record.setdefault("name", record.get("prior", prior))
             records.append(record)

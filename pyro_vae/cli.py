@@ -255,7 +255,7 @@ def _labels_for(vae, labels: Optional[torch.Tensor]) -> dict:
 
 
 def _cmd_sample(args, argv) -> int:
-    from .plots import plot_image_grid
+    from .image_plots import plot_image_grid
     vae, _ = load_vae(args.checkpoint)
     if not callable(getattr(vae, "sample", None)):
         raise ValueError(f"{type(vae).__name__} has no sample(num_samples) method, which `pyro-vae sample` calls "
@@ -282,7 +282,7 @@ def _cmd_sample(args, argv) -> int:
 
 
 def _cmd_reconstruct(args, argv) -> int:
-    from .plots import plot_reconstructions
+    from .image_plots import plot_reconstructions
     vae, config = load_vae(args.checkpoint)
     if not callable(getattr(vae, "reconstruct", None)):
         raise ValueError(f"{type(vae).__name__} has no reconstruct(x) method, which `pyro-vae reconstruct` calls "

@@ -1,5 +1,6 @@
 """The figures of a trained model (what :mod:`pyro_vae.run` writes into a run folder): the model is asked for
-its reconstructions, samples, encoder means and prior, and :mod:`pyro_vae.plots` draws the arrays.
+its reconstructions, samples, encoder means and prior, and the plotting modules
+(:mod:`pyro_vae.plots`, :mod:`pyro_vae.image_plots`, :mod:`pyro_vae.latent_plots`) draw the arrays.
 
 ``model`` needs ``reconstruct(x)``, ``sample(n)``, ``encode(x) -> (loc, scale)``, ``decode(z)`` and a
 ``prior``, as :class:`pyro_vae.VAE` has; ``data`` is a :class:`pyro_vae.data.Dataset`.
@@ -9,8 +10,9 @@ from typing import Any, List, Mapping, Sequence
 
 import torch
 
-from .plots import (PathLike, plot_image_grid, plot_latent_space, plot_prior_density, plot_reconstructions,
-                    plot_training_curves)
+from .image_plots import plot_image_grid, plot_reconstructions
+from .latent_plots import plot_latent_space, plot_prior_density
+from .plots import PathLike, plot_training_curves
 from .priors import MixtureOfGaussiansPrior, VampPrior
 
 

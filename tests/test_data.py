@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from pyro_vae import data
+from pyro_vae import data, sources
 from pyro_vae.data import DataError, load_dataset
 
 N_TRAIN, N_TEST, VALID = 50, 20, 10
@@ -78,7 +78,7 @@ def write_amat_dataset(directory: Path) -> dict:
 
 @pytest.fixture
 def no_debian_fashion(monkeypatch, tmp_path):
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "no-debian-package"))
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST_DIR", str(tmp_path / "no-debian-package"))
 
 
 # ----------------------------------------------------------------------------- MNIST / Fashion-MNIST
@@ -134,7 +134,7 @@ def test_impossible_valid_size(tmp_path, valid_size):
 def test_fashion_mnist_falls_back_to_debian_dir(tmp_path, monkeypatch):
     debian = tmp_path / "debian"
     write_idx_dataset(debian, gz=True)
-    monkeypatch.setattr(data, "DEBIAN_FASHION_MNIST_DIR", str(debian))
+    monkeypatch.setattr(sources, "DEBIAN_FASHION_MNIST_DIR", str(debian))
     (tmp_path / "empty").mkdir()
     ds = load_dataset("fashion-mnist", data_dir=str(tmp_path / "empty"), valid_size=VALID)
     assert len(ds.train) == N_TRAIN - VALID and len(ds.test) == N_TEST
@@ -294,7 +294,7 @@ def test_binarized_mnist_download(tmp_path, monkeypatch):
         requested.append(url)
         return io.BytesIO((tmp_path / "server" / url.rsplit("/", 1)[1]).read_bytes())
 
-    monkeypatch.setattr(data.urllib.request, "urlopen", fake_urlopen)
+    monkeypatch.setattr(sources.urllib.request, "urlopen", fake_urlopen)
     target = tmp_path / "data"
     ds = load_dataset("binarized-mnist", data_dir=str(target), download=True)
     assert sorted(requested) == sorted(data.BINARIZED_MNIST_URL.format(split=s) for s in AMAT_ROWS)
@@ -306,10 +306,90 @@ def test_binarized_mnist_download_failure(tmp_path, monkeypatch):
     def offline(url, timeout):
         raise urllib.error.URLError("no route to host")
 
-    monkeypatch.setattr(data.urllib.request, "urlopen", offline)
+    monkeypatch.setattr(sources.urllib.request, "urlopen", offline)
     with pytest.raises(DataError, match="binarized_mnist_train.amat failed.*no route to host"):
         load_dataset("binarized-mnist", data_dir=str(tmp_path), download=True)
     assert list(tmp_path.iterdir()) == []
+
+
+
+def gzip_in_place(path: Path) -> Path:
+    """Replace ``path`` by ``path.gz`` holding the same bytes gzipped; return the new path."""
+    target = path.with_name(path.name + ".gz")
+    target.write_bytes(gzip.compress(path.read_bytes()))
+    path.unlink()
+    return target
+
+
+@pytest.mark.parametrize("subdir", [".", "binarized_mnist"])
+@pytest.mark.parametrize("gzipped", [("train", "valid", "test"), ("test",)], ids=["all-gz", "mixed"])
+def test_binarized_mnist_reads_amat_gz(tmp_path, subdir, gzipped):
+    arrays = write_amat_dataset(tmp_path / subdir)
+    for split in gzipped:
+        gzip_in_place(tmp_path / subdir / f"binarized_mnist_{split}.amat")
+    ds = load_dataset("binarized-mnist", data_dir=str(tmp_path))
+    for split, rows in arrays.items():
+        assert torch.equal(ds.split(split), torch.tensor(rows, dtype=torch.float32))
+
+
+def test_plain_amat_wins_over_gz(tmp_path):
+    arrays = write_amat_dataset(tmp_path)
+    write_amat(tmp_path / "stale.amat", np.ones((AMAT_ROWS["test"], 784), dtype=int))
+    gzip_in_place(tmp_path / "stale.amat").rename(tmp_path / "binarized_mnist_test.amat.gz")
+    ds = load_dataset("binarized-mnist", data_dir=str(tmp_path))
+    assert torch.equal(ds.test, torch.tensor(arrays["test"], dtype=torch.float32))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not-gzip"])
+def test_corrupt_amat_gz_names_the_file(tmp_path, damage):
+    write_amat_dataset(tmp_path)
+    path = gzip_in_place(tmp_path / "binarized_mnist_valid.amat")
+    path.write_bytes(path.read_bytes()[:200] if damage == "truncated" else b"plain text, not gzip")
+    with pytest.raises(DataError, match="binarized_mnist_valid.amat.gz"):
+        load_dataset("binarized-mnist", data_dir=str(tmp_path))
+
+
+def test_bad_row_in_amat_gz_names_file_and_line(tmp_path):
+    write_amat_dataset(tmp_path)
+    path = tmp_path / "binarized_mnist_test.amat"
+    lines = path.read_text().splitlines()
+    lines[4] = "0 " * 783 + "7"
+    path.write_text("\n".join(lines) + "\n")
+    gzip_in_place(path)
+    with pytest.raises(DataError, match="binarized_mnist_test.amat.gz, line 5: values must be 0 or 1"):
+        load_dataset("binarized-mnist", data_dir=str(tmp_path))
+
+
+def test_missing_binarized_mnist_message_names_ways_that_work(tmp_path):
+    """The CLI has --download (pyro-vae train, python -m experiments run), Python has download=True, and a
+    folder such as ../shared/data, holding binarized_mnist/, works as --data-dir."""
+    with pytest.raises(DataError) as info:
+        load_dataset("binarized-mnist", data_dir=str(tmp_path))
+    message = str(info.value)
+    for split in AMAT_ROWS:
+        assert f"binarized_mnist_{split}.amat[.gz]" in message
+    assert str(tmp_path / "binarized_mnist") in message
+    assert "pyro-vae train --dataset binarized-mnist --download" in message and "download=True" in message
+    assert "python -m experiments run" in message
+    assert "--data-dir ../shared/data" in message and "binarized_mnist/" in message
+
+
+def test_binarized_mnist_download_keeps_gzipped_files(tmp_path, monkeypatch):
+    arrays = write_amat_dataset(tmp_path / "server")
+    target = tmp_path / "data"
+    target.mkdir()
+    (target / "binarized_mnist_train.amat.gz").write_bytes(
+        gzip.compress((tmp_path / "server" / "binarized_mnist_train.amat").read_bytes()))
+    requested = []
+
+    def fake_urlopen(url, timeout):
+        requested.append(url.rsplit("/", 1)[1])
+        return io.BytesIO((tmp_path / "server" / url.rsplit("/", 1)[1]).read_bytes())
+
+    monkeypatch.setattr(sources.urllib.request, "urlopen", fake_urlopen)
+    ds = load_dataset("binarized-mnist", data_dir=str(target), download=True)
+    assert sorted(requested) == ["binarized_mnist_test.amat", "binarized_mnist_valid.amat"]
+    assert torch.equal(ds.train, torch.tensor(arrays["train"], dtype=torch.float32))
 
 
 # ----------------------------------------------------------------------------- user arrays

@@ -1,7 +1,10 @@
 """The experiment runner end to end on the smoke budget (what CI can afford), and its resumability."""
 import json
 
+import pytest
+
 from experiments.__main__ import main
+from pyro_vae.config import TrainConfig
 
 
 def test_prior_study_smoke_writes_table_metrics_and_plot_and_resumes(tmp_path, capsys):
@@ -65,3 +68,31 @@ def test_binarized_mnist_study_without_files_says_which(tmp_path, capsys):
                  str(tmp_path / "out")])
     assert code == 2
     assert "binarized_mnist_train.amat" in capsys.readouterr().err
+
+
+class _Stop(Exception):
+    """Raised by a stand-in to end a study once it has shown what it would train."""
+
+
+@pytest.mark.parametrize("study", ["binarized-mnist", "estimators", "priors"])
+@pytest.mark.parametrize("flags", [[], ["--download"]], ids=["no-download", "download"])
+def test_data_dir_and_download_flags_reach_the_run_configs(tmp_path, monkeypatch, study, flags):
+    """``python -m experiments run ... --download`` fetches missing files as ``pyro-vae train --download``
+    does: the flag (like --data-dir) lands in every run's config; without it the configs do not mention it."""
+    from experiments import binarized_mnist, estimators, priors
+    seen = []
+
+    def capture_extra(budget, out_dir, names, revision, extra=None, group=None):
+        seen.append(TrainConfig(**{**budget["train"], **(extra or {})}))
+        raise _Stop
+
+    def capture_config(name, seed, config, *args, **kwargs):
+        seen.append(config)
+        raise _Stop
+
+    monkeypatch.setattr(binarized_mnist, "train_and_evaluate", capture_extra)
+    monkeypatch.setattr(estimators, "train_and_evaluate", capture_extra)
+    monkeypatch.setattr(priors, "run_one", capture_config)
+    with pytest.raises(_Stop):
+        main(["run", study, "--budget", "smoke", "--data-dir", str(tmp_path), "--out", str(tmp_path / "out")] + flags)
+    assert seen[0].data_dir == str(tmp_path) and seen[0].download == bool(flags)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from matplotlib.image import imread
 
-from pyro_vae import plots
+from pyro_vae import image_plots, latent_plots, plots
 
 
 def _read_png(path):
@@ -71,24 +71,24 @@ def test_training_curves_all_nonfinite_and_tensor_values(tmp_path):
 # --------------------------------------------------------------------------- image grids
 def test_image_grid_16_is_roughly_square(tmp_path):
     imgs = torch.rand(16, 28 * 28)
-    out = plots.plot_image_grid(imgs, (1, 28, 28), tmp_path / "grid.png")
+    out = image_plots.plot_image_grid(imgs, (1, 28, 28), tmp_path / "grid.png")
     img = _read_png(out)
     assert 0.9 < _aspect(img) < 1.1
 
 
 def test_image_grid_ncols_controls_aspect_and_rgb(tmp_path):
     imgs = np.random.default_rng(0).uniform(-0.5, 1.5, size=(8, 3 * 10 * 10))  # out of range: clipped
-    out = plots.plot_image_grid(imgs, (3, 10, 10), tmp_path / "row.png", ncols=8)
+    out = image_plots.plot_image_grid(imgs, (3, 10, 10), tmp_path / "row.png", ncols=8)
     img = _read_png(out)
     assert 6.0 < _aspect(img) < 9.0  # one row of 8 tiles
-    out = plots.plot_image_grid(imgs[:6, :240], (8, 30), tmp_path / "hw.png", title="a title", ncols=2)
+    out = image_plots.plot_image_grid(imgs[:6, :240], (8, 30), tmp_path / "hw.png", title="a title", ncols=2)
     _read_png(out)
 
 
 def test_image_grid_pixels_match_data(tmp_path):
     # a single all-white and a single all-black image: the rendered grid must contain both
     imgs = np.stack([np.ones(64), np.zeros(64)])
-    img = _read_png(plots.plot_image_grid(imgs, (8, 8), tmp_path / "bw.png", ncols=2))
+    img = _read_png(image_plots.plot_image_grid(imgs, (8, 8), tmp_path / "bw.png", ncols=2))
     grey = img[..., :3].mean(axis=-1)
     h, w = grey.shape
     left = grey[h // 4 : 3 * h // 4, w // 8 : 3 * w // 8]
@@ -98,19 +98,19 @@ def test_image_grid_pixels_match_data(tmp_path):
 
 def test_image_grid_shape_mismatch_raises(tmp_path):
     with pytest.raises(ValueError, match=r"D=50.*\(1, 7, 7\).*49"):
-        plots.plot_image_grid(np.zeros((4, 50)), (1, 7, 7), tmp_path / "x.png")
+        image_plots.plot_image_grid(np.zeros((4, 50)), (1, 7, 7), tmp_path / "x.png")
     with pytest.raises(ValueError):
-        plots.plot_image_grid(np.zeros((4, 2 * 4 * 4)), (2, 4, 4), tmp_path / "x.png")
+        image_plots.plot_image_grid(np.zeros((4, 2 * 4 * 4)), (2, 4, 4), tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
 
 
 # --------------------------------------------------------------------------- reconstructions
 def test_reconstructions_layout(tmp_path):
     x = torch.rand(10, 64)
-    img = _read_png(plots.plot_reconstructions(x, x.flip(0), (1, 8, 8), tmp_path / "r10.png"))
+    img = _read_png(image_plots.plot_reconstructions(x, x.flip(0), (1, 8, 8), tmp_path / "r10.png"))
     # 10 per row, 2 rows (+ label margin and title): clearly landscape
     assert 3.0 < _aspect(img) < 6.5
-    img2 = _read_png(plots.plot_reconstructions(torch.rand(25, 64), torch.rand(25, 64),
+    img2 = _read_png(image_plots.plot_reconstructions(torch.rand(25, 64), torch.rand(25, 64),
                                                 (8, 8), tmp_path / "r25.png"))
     # 25 -> 3 row pairs: taller than the 10-image figure at similar width
     assert _aspect(img2) < _aspect(img) / 2
@@ -118,9 +118,9 @@ def test_reconstructions_layout(tmp_path):
 
 def test_reconstructions_mismatch_raises(tmp_path):
     with pytest.raises(ValueError, match=r"\(5, 64\).*\(4, 64\)"):
-        plots.plot_reconstructions(np.zeros((5, 64)), np.zeros((4, 64)), (8, 8), tmp_path / "r.png")
+        image_plots.plot_reconstructions(np.zeros((5, 64)), np.zeros((4, 64)), (8, 8), tmp_path / "r.png")
     with pytest.raises(ValueError, match="prod"):
-        plots.plot_reconstructions(np.zeros((5, 60)), np.zeros((5, 60)), (8, 8), tmp_path / "r.png")
+        image_plots.plot_reconstructions(np.zeros((5, 60)), np.zeros((5, 60)), (8, 8), tmp_path / "r.png")
 
 
 # --------------------------------------------------------------------------- PCA
@@ -130,7 +130,7 @@ def test_pca_recovers_dominant_direction():
     d /= np.linalg.norm(d)
     t = rng.normal(scale=10.0, size=500)
     z = t[:, None] * d[None, :] + rng.normal(scale=0.5, size=(500, 6)) + 3.0
-    proj, ratio = plots.pca_2d(torch.as_tensor(z))
+    proj, ratio = latent_plots.pca_2d(torch.as_tensor(z))
     assert proj.shape == (500, 2) and ratio.shape == (2,)
     # the PC1 scores are the coordinate along d (up to sign)
     t_c = t - t.mean()
@@ -148,7 +148,7 @@ def test_pca_recovers_dominant_direction():
 def test_pca_on_2d_data_explains_everything():
     rng = np.random.default_rng(2)
     z = rng.normal(size=(50, 2)) * np.array([3.0, 1.0])
-    proj, ratio = plots.pca_2d(z)
+    proj, ratio = latent_plots.pca_2d(z)
     assert ratio.sum() == pytest.approx(1.0)
     assert ratio[0] >= ratio[1]
     # a rotation: distances to the centroid are preserved
@@ -158,12 +158,12 @@ def test_pca_on_2d_data_explains_everything():
 
 def test_pca_errors_and_degenerate_inputs():
     with pytest.raises(ValueError):
-        plots.pca_2d(np.zeros((1, 5)))
+        latent_plots.pca_2d(np.zeros((1, 5)))
     with pytest.raises(ValueError):
-        plots.pca_2d(np.array([[0.0, 1.0], [np.nan, 2.0], [1.0, 1.0]]))
-    proj, ratio = plots.pca_2d(np.zeros((4, 3)))  # no variance at all
+        latent_plots.pca_2d(np.array([[0.0, 1.0], [np.nan, 2.0], [1.0, 1.0]]))
+    proj, ratio = latent_plots.pca_2d(np.zeros((4, 3)))  # no variance at all
     assert np.all(proj == 0) and np.all(ratio == 0)
-    proj, ratio = plots.pca_2d(np.arange(5.0)[:, None])  # Z == 1
+    proj, ratio = latent_plots.pca_2d(np.arange(5.0)[:, None])  # Z == 1
     assert proj.shape == (5, 2) and ratio.tolist() == [1.0, 0.0]
 
 
@@ -174,19 +174,19 @@ def test_latent_space_all_cases(tmp_path, zdim, n_classes):
     rng = np.random.default_rng(zdim)
     z = rng.normal(size=(200, zdim))
     labels = None if n_classes is None else torch.as_tensor(rng.integers(0, n_classes, 200))
-    out = plots.plot_latent_space(torch.as_tensor(z), labels, tmp_path / f"lat_{zdim}_{n_classes}.png")
+    out = latent_plots.plot_latent_space(torch.as_tensor(z), labels, tmp_path / f"lat_{zdim}_{n_classes}.png")
     img = _read_png(out)
     assert 0.8 < _aspect(img) < 2.0
 
 
 def test_latent_space_label_length_mismatch(tmp_path):
     with pytest.raises(ValueError):
-        plots.plot_latent_space(np.zeros((10, 2)), np.zeros(9, dtype=int), tmp_path / "l.png")
+        latent_plots.plot_latent_space(np.zeros((10, 2)), np.zeros(9, dtype=int), tmp_path / "l.png")
 
 
 def test_latent_space_drops_nonfinite_with_warning(tmp_path):
     z = np.random.default_rng(0).normal(size=(20, 3))
     z[3, 1] = np.nan
     with pytest.warns(UserWarning, match="non-finite"):
-        out = plots.plot_latent_space(z, np.arange(20) % 2, tmp_path / "l.png", title="t")
+        out = latent_plots.plot_latent_space(z, np.arange(20) % 2, tmp_path / "l.png", title="t")
     _read_png(out)

@@ -215,6 +215,6 @@ def test_cli_trains_samples_and_draws_each_prior(prior_name, figure, tmp_path):
 
 
 def test_prior_density_plot_needs_a_2d_latent(tmp_path):
-    from pyro_vae.plots import plot_prior_density
+    from pyro_vae.latent_plots import plot_prior_density
     with pytest.raises(ValueError, match=r"2-D latent codes \[N, 2\]"):
         plot_prior_density(lambda g: g.sum(-1), torch.zeros(5, 3), None, tmp_path / "x.png")
