@@ -314,6 +314,26 @@ class Recorder:
         recording.seconds += time.perf_counter() - start
 
 
+class CompiledFunction:
+    """``fn(*tensors, **static) -> tuple of tensors``, recorded per value of ``static`` (hashable: sizes, names,
+    programs) and shapes of ``tensors``, and replayed; calling it always returns the outputs (eagerly computed
+    where nothing could be recorded).  ``fn`` must compute the same numbers each call for the same inputs and
+    random state, as :class:`Recorder` checks on each recording's first replay."""
+
+    def __init__(self, fn: Callable, mode: str = "auto", note: Callable[[str], None] = lambda line: None,
+                 what: str = "the function"):
+        self.fn, self._static = fn, {}
+        self.recorder = Recorder(self._call, self._call, mode, note, rtol=0.0, what=what)
+
+    def _call(self, *tensors):
+        return tuple(self.fn(*tensors, **self._static))
+
+    def __call__(self, *tensors: torch.Tensor, **static) -> Tuple[torch.Tensor, ...]:
+        self._static = static
+        out = self.recorder(tuple(sorted(static.items())), *tensors)
+        return self._call(*tensors) if out is None else out
+
+
 def _shapes(flat: Sequence[torch.Tensor]) -> str:
     return f"x {list(flat[-1].shape) if len(flat) else []}"
 
@@ -326,14 +346,16 @@ class CompiledStep:
         module: the ``nn.Module`` whose parameters are ``params`` (named by it, so they can be passed in).
         objective: the ``pyro.infer.ELBO`` the step minimises; ``num_data``: N, passed to the programs.
         params: the parameters, in the order the gradients come back.
-        mode, note, rtol: as for :class:`Recorder`.
+        mode, note, rtol: as for :class:`Recorder`; data_parallel: the step is one of several processes' (those run
+            eagerly: DDP's gradient all-reduce hooks into autograd).
 
     ``step(x, model, guide, **data)`` returns ``(loss, grads)`` for a batch ``x: [B, D]`` (``**data``: side
     inputs ``[B, ...]``), or None where the caller must take the eager step instead.
     """
 
     def __init__(self, module: torch.nn.Module, objective: ELBO, params: Sequence[torch.Tensor], num_data: int,
-                 mode: str = "auto", note: Callable[[str], None] = lambda line: None, rtol: float = 1e-5):
+                 mode: str = "auto", note: Callable[[str], None] = lambda line: None, data_parallel: bool = False,
+                 rtol: float = 1e-5):
         self.module, self.objective, self.params, self.num_data = module, objective, list(params), num_data
         self.loss = recordable_loss(objective)
         names = {id(p): name for name, p in module.named_parameters()}
@@ -341,7 +363,9 @@ class CompiledStep:
         self.recorder = Recorder(self._traced, self._eager, mode, note, rtol, "the step")
         self.recorder.buffers = list(module.buffers())
         self._programs: Tuple[Callable, Callable, Tuple[str, ...]] = (None, None, ())
-        if mode != "off" and None in self.names:
+        if mode != "off" and data_parallel:
+            self.refuse("data-parallel steps run eagerly: DDP's gradient all-reduce hooks into autograd")
+        elif mode != "off" and None in self.names:
             self.refuse(f"{self.names.count(None)} parameter(s) are pyro.params outside the module")
 
     disabled = property(lambda self: self.recorder.disabled)

@@ -95,6 +95,27 @@ def modules_of(*programs: Any) -> List[torch.nn.Module]:
 
 
 @contextlib.contextmanager
+def checked_once(*modules: Any) -> Iterator[None]:
+    """Inside, the modules skip their per-call input checks and param-store registration: the caller checked
+    its data once (a trainer, every split before the first step; an evaluator, its ``x``) and owns the
+    parameters (a torch optimiser, or none).  A module's ``validate_inputs`` / ``register_params`` flags, where
+    it has them (:class:`~pyro_vae.VAE`), are off inside and restored after.  (Reading the data in every call
+    would also stop a step from being recorded: :mod:`pyro_vae.compiled`.)"""
+    # plain instance attributes, set in the instance dict: nn.Module.__setattr__ costs ~30 Python calls a step
+    saved = []
+    for module in modules:
+        attributes = vars(module)
+        flags = {name: attributes[name] for name in ("register_params", "validate_inputs") if name in attributes}
+        attributes.update(dict.fromkeys(flags, False))
+        saved.append((attributes, flags))
+    try:
+        yield
+    finally:
+        for attributes, flags in saved:
+            attributes.update(flags)
+
+
+@contextlib.contextmanager
 def eval_mode(*programs: Any) -> Iterator[None]:
     """Run with the programs' modules in eval mode (no dropout, batch norm on its running statistics), and
     restore every submodule's own mode afterwards: evaluation never changes how a model trains."""

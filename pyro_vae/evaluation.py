@@ -25,7 +25,7 @@ samples, ``B`` a batch of data points, ``Z`` latent dimension, ``J`` outer draws
 import dataclasses
 import inspect
 import math
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from pyro.infer import ELBO
@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 from .active_units import active_units, latent_means
 from .contract import eval_mode, slice_data
 from .global_latents import GLOBALS_OPTIONS, condition_on, draw_globals, guide_means, nested_log_marginal, refusal
-from .importance import log_weights, program_structure
+from .importance import program_structure
+from .sampling import check_x as _check_x, importance_sample as _importance_sample, iwae_ks
 
 
 def _names_num_data(fn: Callable) -> bool:
@@ -61,12 +62,6 @@ def _refuse_unshared_globals(names, passed, x, batch_size) -> None:
         raise ValueError(f"the model has global latent site(s) {list(names)} but its programs take no num_data, so "
                          f"batches of {batch_size} would each count them once: give model and guide a num_data=None "
                          f"parameter (docs/declaring_models.md), or evaluate all {x.shape[0]} points in one batch")
-
-
-def _check_x(x) -> None:
-    if not torch.is_tensor(x) or x.dim() < 1 or x.shape[0] == 0:
-        raise ValueError(f"x must be a tensor with at least one data point in dim 0, got "
-                         f"{tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
 
 
 @torch.no_grad()
@@ -103,68 +98,6 @@ def mean_bound(objective: ELBO, model: Callable, guide: Callable, x: torch.Tenso
     :func:`pyro_vae.objectives.bound_name`)."""
     _check_x(x)
     return total_bound(objective, model, guide, x, batch_size, **data) / x.shape[0]
-
-
-def iwae_ks(num_samples: int) -> List[int]:
-    """k in {1, 5, 50, 500, ...} up to S, plus S itself: the points of the IWAE_k curve."""
-    ks, k = [1], 5
-    while k < num_samples:
-        ks.append(k)
-        k *= 10
-    return sorted(set(ks + [num_samples]))
-
-
-class _RunningEstimates:
-    """Accumulates, over particle chunks ``log_w: [C, B]`` of one data batch, in float64:
-    log sum_s w_s and log sum_s w_s^2 (for log p(x) and the effective sample size), and for each k
-    the sum over complete groups of k consecutive samples of ``logsumexp_group - log k`` (IWAE_k)."""
-
-    def __init__(self, batch: int, ks: Sequence[int], device):
-        full = lambda: torch.full((batch,), -math.inf, dtype=torch.float64, device=device)   # noqa: E731
-        self.lse, self.lse_sq, self.count = full(), full(), 0
-        self.ks = list(ks)
-        self.group_lse = {k: full() for k in self.ks}           # the group being filled
-        self.group_fill = {k: 0 for k in self.ks}
-        self.group_sum = {k: torch.zeros(batch, dtype=torch.float64, device=device) for k in self.ks}
-        self.group_count = {k: 0 for k in self.ks}
-
-    def add(self, log_w: torch.Tensor) -> None:
-        log_w = log_w.double()                                                   # [C, B]
-        self.lse = torch.logaddexp(self.lse, torch.logsumexp(log_w, 0))
-        self.lse_sq = torch.logaddexp(self.lse_sq, torch.logsumexp(2 * log_w, 0))
-        self.count += log_w.shape[0]
-        for k in self.ks:
-            rest = log_w
-            if self.group_fill[k]:                               # finish the group started in a previous chunk
-                n = min(k - self.group_fill[k], rest.shape[0])
-                self.group_lse[k] = torch.logaddexp(self.group_lse[k], torch.logsumexp(rest[:n], 0))
-                self.group_fill[k] += n
-                rest = rest[n:]
-                if self.group_fill[k] == k:
-                    self._close_group(k)
-            whole = (rest.shape[0] // k) * k                     # complete groups inside this chunk
-            if whole:
-                groups = rest[:whole].reshape(whole // k, k, -1)                  # [G, k, B]
-                self.group_sum[k] += (torch.logsumexp(groups, 1) - math.log(k)).sum(0)
-                self.group_count[k] += whole // k
-            if whole < rest.shape[0]:                            # start a group that the next chunk finishes
-                self.group_lse[k] = torch.logsumexp(rest[whole:], 0)
-                self.group_fill[k] = rest.shape[0] - whole
-
-    def _close_group(self, k: int) -> None:
-        self.group_sum[k] += self.group_lse[k] - math.log(k)
-        self.group_count[k] += 1
-        self.group_lse[k] = torch.full_like(self.group_lse[k], -math.inf)
-        self.group_fill[k] = 0
-
-    def log_likelihood(self) -> torch.Tensor:
-        return self.lse - math.log(self.count)                                   # [B]
-
-    def effective_sample_size(self) -> torch.Tensor:
-        return torch.exp(2 * self.lse - self.lse_sq)                             # (sum w)^2 / sum w^2, [B]
-
-    def iwae_curve(self) -> Dict[int, torch.Tensor]:
-        return {k: self.group_sum[k] / self.group_count[k] for k in self.ks if self.group_count[k]}
 
 
 @dataclasses.dataclass
@@ -253,33 +186,6 @@ class JointLogLikelihood:
         return dataclasses.asdict(self)
 
 
-@torch.no_grad()
-def _importance_sample(model, guide, x, *args, num_samples, particle_chunk, batch_size, plate, ks,
-                       progress, passed, desc="log p(x)", **kwargs) -> List[_RunningEstimates]:
-    """Running estimates per batch of ``x``; ``passed``: ``{"num_data": N}`` where the programs take it."""
-    if num_samples < 1 or particle_chunk < 1 or batch_size < 1:
-        raise ValueError(f"num_samples, particle_chunk and batch_size must be >= 1, got "
-                         f"{num_samples}, {particle_chunk}, {batch_size}")
-    _check_x(x)
-    nesting, _ = program_structure(model, guide, x[:1], *args, plate=plate, **passed,
-                                   **slice_data(kwargs, x.shape[0], 0, 1))
-    chunks = [min(particle_chunk, num_samples - s) for s in range(0, num_samples, particle_chunk)]
-    batches = range(0, x.shape[0], batch_size)
-    results = []
-    with tqdm(total=len(batches) * len(chunks), desc=desc, unit="chunk", disable=not progress,
-              dynamic_ncols=True) as bar:
-        for start in batches:
-            xb = x[start:start + batch_size]                                        # [B, D]
-            running = _RunningEstimates(xb.shape[0], ks, xb.device)
-            for c in chunks:
-                running.add(log_weights(model, guide, xb, *args, num_particles=c, plate=plate,
-                                        max_plate_nesting=nesting, **passed,
-                                        **slice_data(kwargs, x.shape[0], start, start + batch_size)))  # [C, B]
-                bar.update(1)
-            results.append(running)
-    return results
-
-
 def _with_globals(model, guide, x, args, kwargs, *, plate, num_samples, batch_size, globals, global_values,
                   passed):
     """The programs to sample per point and the name of what they estimate: the given ones (no global
@@ -313,7 +219,8 @@ def _with_globals(model, guide, x, args, kwargs, *, plate, num_samples, batch_si
 def log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *args, num_samples: int = 5000,
                    particle_chunk: int = 500, batch_size: int = 100, plate: str = "data",
                    progress: bool = False, globals: Optional[str] = None,
-                   global_values: Optional[Dict[str, torch.Tensor]] = None, **kwargs) -> torch.Tensor:
+                   global_values: Optional[Dict[str, torch.Tensor]] = None, compile: str = "auto",
+                   **kwargs) -> torch.Tensor:
     """Importance-sampled ``log p(x_n)`` for each datapoint, ``x: [N, ...] -> [N]`` float64 (higher is better).
 
     ``log p(x_n) ~= log (1/S) sum_s p(x_n, z_ns) / q(z_ns | x_n)`` with S = ``num_samples`` draws from the
@@ -321,7 +228,9 @@ def log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *args, num
     ``particle_chunk * batch_size``, not with S or N).  Works for any model/guide pair whose
     per-datapoint sites sit in ``pyro.plate(plate, ...)``; ``*args, **kwargs`` are passed to both, and
     tensor keyword arguments with one row per data point (labels ``y: [N]``) are batched with ``x``.
-    The estimate is a stochastic lower bound (IWAE_S) that converges to log p(x) as S grows.
+    The estimate is a stochastic lower bound (IWAE_S) that converges to log p(x) as S grows.  ``compile``:
+    record the log weights of each (batch, chunk) shape once and replay them (``"auto"``; the same numbers,
+    checked) or not (``"off"``); ``"on"`` makes a program that cannot be recorded an error.
 
     A model with global latents (sites outside the plate) is refused for S > 1 unless ``globals="condition"``:
     then the result is ``log p(x_n | g)`` at ``global_values`` (default: the guide's mean of g); see
@@ -335,7 +244,7 @@ def log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *args, num
                                            passed=passed)
         runs = _importance_sample(model, guide, x, *args, num_samples=num_samples, particle_chunk=particle_chunk,
                                   batch_size=batch_size, plate=plate, ks=[], progress=progress, passed=passed,
-                                  **kwargs)
+                                  compile=compile, **kwargs)
     return torch.cat([r.log_likelihood() for r in runs])
 
 
@@ -380,10 +289,12 @@ def joint_log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *arg
 def evaluate(model: Callable, guide: Callable, x: torch.Tensor, *args, num_samples: int = 5000,
              particle_chunk: int = 500, batch_size: int = 100, plate: str = "data", progress: bool = False,
              au_threshold: float = 0.01, au_samples: int = 500, globals: Optional[str] = None,
-             global_values: Optional[Dict[str, torch.Tensor]] = None, num_global_samples: int = 100, **kwargs):
+             global_values: Optional[Dict[str, torch.Tensor]] = None, num_global_samples: int = 100,
+             compile: str = "auto", **kwargs):
     """:func:`log_likelihood` plus its standard error, effective sample sizes, the IWAE_k curve
     (k in {1, 5, 50, ..., S}), the ELBO, the inference gap and active units, all from one set of samples
-    (active units: ``au_samples`` draws of upstream latents for a hierarchical guide).
+    (active units: ``au_samples`` draws of upstream latents for a hierarchical guide); ``compile`` as for
+    :func:`log_likelihood`.
 
     Returns a :class:`LogLikelihoodSummary`; with ``globals="joint"`` (a model with global latents) the
     :class:`JointLogLikelihood` of :func:`joint_log_likelihood` instead.
@@ -401,7 +312,7 @@ def evaluate(model: Callable, guide: Callable, x: torch.Tensor, *args, num_sampl
                                                      globals=globals, global_values=global_values, passed=passed)
         runs = _importance_sample(model, guide, x, *args, num_samples=num_samples, particle_chunk=particle_chunk,
                                   batch_size=batch_size, plate=plate, ks=ks, progress=progress, passed=passed,
-                                  **kwargs)
+                                  compile=compile, **kwargs)
         try:
             au, variances = active_units(latent_means(guide, x, *args, num_samples=au_samples, plate=plate,
                                                       batch_size=batch_size, **passed, **kwargs), au_threshold)

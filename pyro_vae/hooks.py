@@ -23,7 +23,7 @@ hook of a few lines, passed as ``Trainer(..., hooks=[MyTracker()])``::
 """
 import json
 import sys
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from tqdm.auto import tqdm
 
@@ -161,6 +161,12 @@ class StepCallback(Hook):
 
     def on_step_end(self, trainer: Any, loss: float) -> None:
         self.fn(trainer, trainer.state.epoch, trainer.state.step, loss)
+
+
+def notify(hooks: Sequence[Hook], trainer: Any, line: str) -> None:
+    """Give every hook a line for the user (``on_note``)."""
+    for hook in hooks:
+        hook.on_note(trainer, line)
 
 
 def default_hooks(patience: int, progress: bool = True, on_step: Optional[Callable] = None) -> List[Hook]:

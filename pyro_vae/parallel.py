@@ -45,14 +45,13 @@ class SingleProcess:
     def shard_bounds(self, num: int) -> Tuple[int, int]:
         return 0, num
 
-    def check_parameters(self, foreign: Sequence[str]) -> None:
-        """Parameters outside the module (``pyro.param``s, by name) are fine in one process."""
-
     def share_weight(self, share: int, batch: int) -> float:
         return 1.0
 
-    def loss_function(self, module: Any, objective: Any, num_data: int, probe: Callable) -> Callable:
-        """``loss(x, model, guide, **data)``: the objective's differentiable loss of the share ``x``."""
+    def loss_function(self, module: Any, objective: Any, num_data: int, probe: Callable,
+                      foreign: Sequence[str] = ()) -> Callable:
+        """``loss(x, model, guide, **data)``: the objective's differentiable loss of the share ``x``.  Parameters
+        outside the module (``foreign``: ``pyro.param`` names) are fine in one process."""
         def loss(x, model, guide, **data):
             return objective.differentiable_loss(model, guide, x, num_data=num_data, **data)
         return loss
@@ -124,9 +123,6 @@ class DDPGroup:
         self.is_writer = rank == 0
         self._agreed = False
 
-    def check_parameters(self, foreign: Sequence[str]) -> None:
-        require_module_parameters(foreign)
-
     @property
     def gpu(self) -> Optional[torch.device]:
         return self.device if self.device.type == "cuda" else None
@@ -141,12 +137,14 @@ class DDPGroup:
     def share_weight(self, share: int, batch: int) -> float:
         return share * self.world_size / batch
 
-    def loss_function(self, module: Any, objective: Any, num_data: int, probe: Callable) -> Callable:
+    def loss_function(self, module: Any, objective: Any, num_data: int, probe: Callable,
+                      foreign: Sequence[str] = ()) -> Callable:
         """The loss through DistributedDataParallel (which broadcasts rank 0's parameters and buffers when it is
-        built).  DDP must know whether some parameter gets no gradient (then it searches the graph every step)
+        built); parameters outside the module (``foreign``) are refused: DDP would not synchronise them.  DDP must know whether some parameter gets no gradient (then it searches the graph every step)
         and whether a step changes buffers (batch-norm statistics: then it broadcasts rank 0's before every
         step, a collective that constant buffers do not need): ``probe()`` answers both, once, as
         ``(unused parameters?, changed buffers?)``."""
+        require_module_parameters(foreign)
         unused, changed = probe()
         return torch.nn.parallel.DistributedDataParallel(
             DistributedLoss(module, objective, num_data),

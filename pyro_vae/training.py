@@ -21,7 +21,6 @@ linearly from 0 to 1 over ``warmup_epochs``; validation always uses beta = 1, th
 an epoch is a function of (seed, epoch), so a run resumed mid-epoch replays the rest of the epoch exactly; a
 non-finite loss stops training with :class:`TrainingDiverged`, keeping the last good checkpoint.
 """
-import contextlib
 import dataclasses
 import math
 import time
@@ -37,10 +36,10 @@ from .bounds import split_bounds
 from .compiled import CompiledStep
 from .checkpoint import CHECKPOINT, migrate_history, restore_training, training_checkpoint
 from .config import TrainConfig
-from .contract import side_inputs
+from .contract import checked_once, side_inputs
 from .data import Dataset
 from .factory import build_scheduler, check_training, make_adam, objective_for
-from .hooks import Hook, default_hooks
+from .hooks import Hook, default_hooks, notify
 from .objectives import bound_name
 from .parallel import SingleProcess
 from .params import ddp_probe, trained_parameters
@@ -119,22 +118,6 @@ class TrainState:
                    migrate_history(ckpt["history"], bound))
 
 
-@contextlib.contextmanager
-def _trainer_owned(module: Any) -> Iterator[None]:
-    """A step of the trainer: the module need not register its parameters in Pyro's param store (the trainer's
-    optimiser owns them) nor check each batch (the trainer checked its data set once): a module's
-    ``register_params`` / ``validate_inputs`` flags, where it has them (:class:`~pyro_vae.VAE`), are off for the
-    step and restored after it."""
-    # plain instance attributes, set in the instance dict: nn.Module.__setattr__ costs ~30 Python calls a step
-    attributes = vars(module)
-    flags = {name: attributes[name] for name in ("register_params", "validate_inputs") if name in attributes}
-    attributes.update(dict.fromkeys(flags, False))
-    try:
-        yield
-    finally:
-        attributes.update(flags)
-
-
 def diverged(what: str, epoch: int, out_dir: Path) -> TrainingDiverged:
     """The error for a non-finite loss or parameter, saying what was kept and how to recover."""
     if epoch == 0:
@@ -144,6 +127,17 @@ def diverged(what: str, epoch: int, out_dir: Path) -> TrainingDiverged:
         kept = f"the last good checkpoint {out_dir / CHECKPOINT} (after epoch {epoch}) is kept"
         advice = "continue it with --resume --clip-norm 1, or start a new --out with a smaller --lr"
     return TrainingDiverged(f"{what}; {kept}. To recover, {advice}.")
+
+
+def backward(params: Sequence[torch.Tensor], loss: torch.Tensor, grads: Optional[Sequence[torch.Tensor]],
+             weight: float) -> None:
+    """The step's gradients into ``p.grad``: a recorded step's ``grads``, or backpropagated from ``loss`` times
+    this process's share weight (1 in one process)."""
+    if grads is not None:
+        for p, g in zip(params, grads):
+            p.grad = g
+    else:
+        (loss if weight == 1.0 else loss * weight).backward()
 
 
 def first_stop(hooks: Sequence[Hook], trainer: "Trainer") -> Optional[str]:
@@ -171,9 +165,8 @@ class Trainer:
         on_step: called as ``on_step(trainer, epoch, step, loss)`` after every optimiser step; progress: a bar.
         parallel: :class:`~pyro_vae.parallel.SingleProcess` (default) or this process's
             :class:`~pyro_vae.parallel.DDPGroup` (each process trains on its share of each batch; rank 0 writes).
-        optimizer, scheduler: default fused Adam at ``config.lr`` over every parameter the objective touches
-            (:attr:`params`), and the schedule ``config.lr_schedule`` names.
-        hooks: :class:`~pyro_vae.hooks.Hook`\\ s called after :func:`~pyro_vae.hooks.default_hooks`.
+        optimizer, scheduler: default fused Adam at ``config.lr`` over :attr:`params` (all the objective touches),
+            the schedule ``config.lr_schedule`` names; hooks: called after :func:`~pyro_vae.hooks.default_hooks`.
     """
 
     def __init__(self, module: torch.nn.Module, data: Dataset, config: TrainConfig,
@@ -181,10 +174,9 @@ class Trainer:
                  on_step: Optional[Callable] = None, progress: bool = True, parallel: Optional[Any] = None, *,
                  optimizer: Optional[torch.optim.Optimizer] = None, scheduler: Any = None,
                  hooks: Sequence[Hook] = ()):
-        self.module, self.data, self.config = module, data, config
+        self.module, self.data, self.config, self.checkpoint_extra = module, data, config, checkpoint_extra or {}
         self.objective = objective or objective_for(config)
         self.bound_name = bound_name(self.objective)   # "ELBO", "IWAE_5", ...: what validation and early stopping use
-        self.checkpoint_extra = checkpoint_extra or {}
         self.device = next(module.parameters()).device
         self.parallel = parallel if parallel is not None else SingleProcess(self.device)
         self.out_dir, self.num_train = Path(config.out), data.train.shape[0]
@@ -197,20 +189,16 @@ class Trainer:
         self.warmup = KLWarmup(module.model, module.guide, config.warmup_epochs, self.steps_per_epoch)
         two = {k: v[:2] for k, v in self.valid_data.items()}   # valid: binarized like the training batches
         self.params, self.foreign_params = trained_parameters(module, self.objective, self.valid[:2], **two)
-        self.parallel.check_parameters(self.foreign_params)   # DDP synchronises module parameters only
         self._loss = self.parallel.loss_function(module, self.objective, self.num_train, lambda: ddp_probe(
-            module, self.objective, self.valid[:2], self.num_train, self.device, **two))
+            module, self.objective, self.valid[:2], self.num_train, self.device, **two), self.foreign_params)
         self.optimizer = optimizer or make_adam(self.params, config.lr)
         self.scheduler = scheduler if scheduler is not None else build_scheduler(config, self.optimizer)
         self.hooks = default_hooks(config.patience, progress, on_step) + list(hooks)
-        self.compiled = CompiledStep(module, self.objective, self.params, self.num_train, config.compile, self.note)
-        if self.parallel.world_size > 1:
-            self.compiled.refuse("data-parallel steps run eagerly: DDP's gradient all-reduce hooks into autograd")
+        self.compiled = CompiledStep(module, self.objective, self.params, self.num_train, config.compile,
+                                     lambda line: notify(self.hooks, self, line), self.parallel.world_size > 1)
 
-    epoch = property(lambda self: self.state.epoch, doc="Finished epochs.")
-    history = property(lambda self: self.state.history, doc="One metrics row per finished epoch.")
-    best_epoch = property(lambda self: self.state.best_epoch)
-    best_val_bound = property(lambda self: self.state.best_val_bound)
+    epoch, history, best_epoch, best_val_bound = (property(lambda self, name=name: getattr(self.state, name))
+                                                  for name in ("epoch", "history", "best_epoch", "best_val_bound"))
 
     def beta(self) -> float:
         """KL warm-up weight for the next step (:func:`pyro_vae.warmup.warmup_beta`)."""
@@ -227,11 +215,6 @@ class Trainer:
         restore_training(ckpt, self.module, self.optimizer, self.scheduler, self.parallel.gpu)
         self.state = TrainState.from_checkpoint(ckpt, self.bound_name)
 
-    def note(self, line: str) -> None:
-        """Tell the user one line (compiling, compiled, falling back), through the hooks."""
-        for hook in self.hooks:
-            hook.on_note(self, line)
-
     def request_stop(self) -> None:
         """Ask :meth:`fit` to save a checkpoint and return after the current step (what Ctrl-C does)."""
         self._stop_requested = True
@@ -245,19 +228,14 @@ class Trainer:
         # Pyro's checks (site match, shapes) on the first step of each fit(); then ~1 ms a step for nothing
         # the first step of a fit and KL warm-up's (beta < 1, a new scale each step) are eager; the others replay
         recordable = not self._check_next_step and model is self.warmup.model
-        with pyro.validation_enabled(self._check_next_step and x.shape[0] > 0), _trainer_owned(self.module):
+        with pyro.validation_enabled(self._check_next_step and x.shape[0] > 0), checked_once(self.module):
             recorded = self.compiled(x, model, guide, **data) if recordable else None   # (loss, grads) or None
             loss = self._loss(x, model, guide, **data) if recorded is None else recorded[0]   # N / b * share's sum
         self._check_next_step = False
         stop = self._stop_requested or self.parallel.external_stop()
         reduced = self.parallel.start_step_reduce(loss, x.shape[0], batch_size, self.num_train, stop)
         self.optimizer.zero_grad(set_to_none=True)
-        if recorded is None:
-            weight = self.parallel.share_weight(x.shape[0], batch_size)     # 1 in one process
-            (loss if weight == 1.0 else loss * weight).backward()
-        else:
-            for p, g in zip(self.params, recorded[1]):
-                p.grad = g
+        backward(self.params, loss, recorded and recorded[1], self.parallel.share_weight(x.shape[0], batch_size))
         loss_value, _ = reduced()
         if not math.isfinite(loss_value):           # every process raises together, before any update
             raise diverged(f"loss became {loss_value} at epoch {self.epoch + 1}, step {self.state.step + 1} "
@@ -324,5 +302,5 @@ class Trainer:
             reason = self._epochs()
             return reason
         finally:
-            for hook in reversed(started):
+            for hook in reversed(started):                  # like leaving nested with-blocks
                 hook.on_fit_end(self, reason)

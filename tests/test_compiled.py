@@ -169,3 +169,20 @@ def test_the_compile_time_is_in_the_metrics_log(tmp_path, digits):
     train(config, progress=False, data=digits, figures=False)
     rows = [json.loads(line) for line in (Path(config.out) / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["compile_seconds"] > 0 and rows[1]["compile_seconds"] == 0
+
+
+@pytest.mark.parametrize("example", ["vae", "conditional"])
+def test_log_likelihood_compiled_is_log_likelihood_eager(digits, example):
+    """The evaluators' log weights, recorded per (batch, chunk) shape, give the same estimates to the bit."""
+    from pyro_vae.evaluation import evaluate
+    torch.manual_seed(0)
+    module = (build_vae(digits.data_dim, latent_dim=2, hidden=(32,)) if example == "vae"
+              else ConditionalVAE(digits.data_dim, 10, latent_dim=2, hidden=(32,)))
+    x, extra = digits.test[:50], ({} if example == "vae" else {"y": digits.test_labels[:50]})
+    results = {}
+    for mode in ("off", "on"):
+        torch.manual_seed(1)
+        results[mode] = evaluate(module.model, module.guide, x, num_samples=60, particle_chunk=25, batch_size=20,
+                                 compile=mode, **extra)
+    assert torch.equal(results["off"].log_likelihood, results["on"].log_likelihood)
+    assert results["off"].iwae_curve == results["on"].iwae_curve

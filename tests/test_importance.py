@@ -14,7 +14,8 @@ import pyro
 import pyro.distributions as dist
 from pyro.infer import SVI, RenyiELBO, Trace_ELBO
 
-from pyro_vae.evaluation import _RunningEstimates, evaluate, iwae_ks, log_likelihood
+from pyro_vae.evaluation import evaluate, iwae_ks, log_likelihood
+from pyro_vae.sampling import RunningEstimates
 from pyro_vae.importance import ModelGuideContractError, importance_weights, log_weights
 from pyro_vae.objectives import CIWAE_ELBO, IWAE_ELBO, MIWAE_ELBO, PIWAE_ELBO, build_objective
 
@@ -326,7 +327,7 @@ def test_log_likelihood_converges_with_a_mismatched_guide(x):
 def test_running_estimates_do_not_depend_on_chunking(chunks):
     """Feeding the same 7 weights per datapoint in different chunks gives the same estimates."""
     lw = torch.randn(7, 3, generator=torch.Generator().manual_seed(0), dtype=F64) * 3
-    running = _RunningEstimates(3, [1, 2, 3, 7], "cpu")
+    running = RunningEstimates(3, [1, 2, 3, 7], "cpu")
     start = 0
     for c in chunks:
         running.add(lw[start:start + c])
