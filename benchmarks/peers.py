@@ -68,11 +68,11 @@ from pathlib import Path
 import pyro
 import pyro.distributions as dist
 import torch
-import torch.nn.functional as F
+
 from pyro.infer import SVI, RenyiELBO, Trace_ELBO
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_step import PlainVAE, binary_data  # noqa: E402  (the same data and ELBO reference)
+from train_step import PlainIWAE, PlainVAE, binary_data  # noqa: E402  (the same data and references)
 
 from pyro_vae.evaluation import log_likelihood  # noqa: E402
 from pyro_vae.factory import make_adam
@@ -81,21 +81,6 @@ from pyro_vae.vae import build_vae  # noqa: E402
 
 BATCH, HIDDEN, LATENT, D, K, LR = 100, (400,), 20, 784, 5, 1e-3
 LOG_2PI = math.log(2 * math.pi)
-
-
-class PlainIWAE(PlainVAE):
-    """The hand-written IWAE-K: minus the per-point bound summed over the batch, scaled by N / B."""
-
-    def loss(self, x):
-        loc, scale = self.encoder(x)                                         # [B, Z]
-        eps = torch.randn((K,) + loc.shape)
-        z = loc + scale * eps                                                # [K, B, Z]
-        logits = self.decoder(z)                                             # [K, B, D]
-        log_px_z = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
-        log_pz = -0.5 * (z.pow(2) + LOG_2PI).sum(-1)
-        log_qz = (-0.5 * (eps.pow(2) + LOG_2PI) - scale.log()).sum(-1)       # log N(z; loc, scale), z = loc + scale eps
-        bound = torch.logsumexp(log_px_z + log_pz - log_qz, 0) - math.log(K)   # [B]
-        return -bound.sum() * (self.num_data / x.shape[0])
 
 
 @dataclasses.dataclass

@@ -8,7 +8,7 @@ import torch
 import pyro
 from pyro import poutine
 
-from .contract import state_preserved
+from .contract import checked_once, state_preserved
 
 
 def trained_parameters(module: Any, objective: Any, x: torch.Tensor, **data) -> Tuple[List[torch.Tensor], List[str]]:
@@ -16,8 +16,10 @@ def trained_parameters(module: Any, objective: Any, x: torch.Tensor, **data) -> 
     ``x: [b, D]`` (the module's first, in its order), and the names of the ``pyro.param``s among them that are
     not the module's (DDP does not synchronise those; ``--model`` checkpoints cannot rebuild them).  The loss runs
     under ``no_grad`` with its sample sites hidden, as Pyro's docs do to collect parameters for a torch optimiser;
-    it draws from the global random stream like any step."""
-    with poutine.trace(param_only=True) as capture:
+    it draws from the global random stream like any step.  The module's own parameters are found without its
+    ``pyro.module`` registration (:func:`~pyro_vae.contract.checked_once`), so a param store still holding
+    another module's parameters of the same names is never mistaken for this one's."""
+    with poutine.trace(param_only=True) as capture, checked_once(module):   # the module's own, not the store's
         with poutine.block(hide_types=["sample"]), torch.no_grad():
             objective.loss(module.model, module.guide, x, **data)
     params = {id(p): p for p in module.parameters() if p.requires_grad}
