@@ -502,7 +502,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the inference-gap decomposition (Cremer et al. 2018): ELBO[q], ELBO[q*] (per-point optimised "
                         "guide), IWAE_S, AIS log p(x), the approximation and amortization gaps; writes "
                         "OUT/gaps_SPLIT.json and OUT/gaps_SPLIT.png")
-    p.add_argument("--optimal-steps", type=_positive_int, default=500,
+    p.add_argument("--optimal-steps", type=_positive_int, default=1000,
                    help="--gaps: at most this many Adam steps fitting q* per batch (default: %(default)s)")
     _add_ais_flags(p, "1000")
     p.set_defaults(func=_cmd_evaluate)

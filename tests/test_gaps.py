@@ -48,8 +48,8 @@ def test_inference_gaps_match_their_closed_forms_on_ppca():
     approximation = 0.5 * (precision.diagonal().log().sum() - torch.logdet(precision))
     torch.manual_seed(0)
     gaps = inference_gaps(m.model, m.guide, x, num_samples=2000, elbo_samples=2000, ais_steps=200, num_chains=16,
-                          leapfrog_steps=3, optimal_steps=600, optimal_lr=0.05, check_every=50, tol=0.002)
-    assert gaps.converged and gaps.optimal_steps[0] < 600
+                          leapfrog_steps=3, optimal_steps=1000, optimal_lr=0.05, check_every=50, tol=0.002)
+    assert gaps.converged and gaps.optimal_steps[0] < 1000
     assert abs(gaps.means["log_px"] - float(exact.mean())) < 3 * gaps.mc_stderrs["log_px"] + 0.02
     assert abs(gaps.means["elbo"] - float(elbo_q.mean())) < 3 * gaps.mc_stderrs["elbo"]
     assert abs(gaps.means["elbo_optimal"] - float((exact - approximation).mean())) < 0.03
@@ -111,5 +111,6 @@ def test_gaps_experiment_smoke_budget(tmp_path):
         assert run["elbo"] <= run["iwae"] + 0.05 and run["bdmc_gap"] >= -0.5
         assert math.isclose(run["inference_gap"], run["approximation_gap"] + run["amortization_gap"], abs_tol=1e-6)
     table = (out / "table.md").read_text()
-    assert "amortization gap" in table and "BDMC gap" in table and "| VAE |" not in table
+    assert "|  | VAE | IWAE k=5 |" in table                    # Cremer et al.'s layout: models are the columns
+    assert "| amortization gap |" in table and "| BDMC gap at 30 steps" in table
     assert (out / "gaps.png").stat().st_size > 1000
