@@ -91,7 +91,7 @@ LABELS = {"log_px": "log p(x) (AIS)", "iwae": "IWAE_S", "elbo_optimal": "ELBO[q*
 
 
 def run(budget_name: str, out_dir: Path, command: str, revision: str, data_dir: Optional[str] = None) -> Dict:
-    from pyro_vae.plots import plot_inference_gaps
+    from pyro_vae.bound_plots import plot_inference_gaps
     budget = BUDGETS[budget_name]
     out_dir.mkdir(parents=True, exist_ok=True)
     records: List[Dict] = []

@@ -369,7 +369,7 @@ def _cmd_evaluate_ais(args) -> int:
     """``evaluate --method ais`` (AIS log p(x)) and ``evaluate --gaps`` (the inference-gap decomposition)."""
     from .ais import ais_log_likelihood
     from .gaps import inference_gaps
-    from .plots import plot_inference_gaps
+    from .bound_plots import plot_inference_gaps
     if args.globals:
         raise ValueError("--globals is for --method is; AIS and the gap decomposition need per-point latents only")
     vae, x, labels = _evaluation_inputs(args)
@@ -404,7 +404,7 @@ def _cmd_evaluate_ais(args) -> int:
 
 def _cmd_bdmc(args, argv) -> int:
     from .bdmc import bdmc
-    from .plots import plot_bdmc_bounds
+    from .bound_plots import plot_bdmc_bounds
     args.num = 1
     vae, x, _ = _evaluation_inputs(args)               # one point: the simulated data's shape, dtype and device
     if uses_labels(vae):
