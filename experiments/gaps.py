@@ -57,16 +57,18 @@ def strided(x: torch.Tensor, count: int) -> torch.Tensor:
     return x[torch.linspace(0, x.shape[0] - 1, min(count, x.shape[0])).round().long()]
 
 
-def run_one(name: str, seed: int, budget: Dict, out: Path, revision: str, data_dir: Optional[str]) -> Dict:
+def run_one(name: str, seed: int, budget: Dict, out: Path, revision: str, data_dir: Optional[str],
+            download: bool = False) -> Dict:
     record_path = out / "record.json"
     if record_path.exists():
         return json.loads(record_path.read_text())
-    extra = {"data_dir": data_dir} if data_dir else {}
+    extra = {**({"data_dir": data_dir} if data_dir else {}), **({"download": True} if download else {})}
     config = TrainConfig(seed=seed, out=str(out), **{**budget["train"], **extra, **OBJECTIVES[name]})
     if not (out / SUMMARY).exists():
         train(config, resume=(out / CHECKPOINT).exists(), progress=False, figures=False)
     vae, config = load_vae(out)
-    data = load_dataset(config.dataset, config.data_dir, config.resolved_binarize(), config.valid_size, config.seed)
+    data = load_dataset(config.dataset, config.data_dir, config.resolved_binarize(), config.valid_size, config.seed,
+                        download=config.download)
     x = strided(data.test, budget["eval_points"])
     torch.manual_seed(seed)
     gaps = inference_gaps(vae.model, vae.guide, x, num_samples=budget["num_samples"],
@@ -90,7 +92,8 @@ LABELS = {"log_px": "log p(x) (AIS)", "iwae": "IWAE_S", "elbo_optimal": "ELBO[q*
           "inference_gap": "inference gap", "bdmc_gap": "BDMC gap (simulated data)"}
 
 
-def run(budget_name: str, out_dir: Path, command: str, revision: str, data_dir: Optional[str] = None) -> Dict:
+def run(budget_name: str, out_dir: Path, command: str, revision: str, data_dir: Optional[str] = None,
+        download: bool = False) -> Dict:
     from pyro_vae.bound_plots import plot_inference_gaps
     budget = BUDGETS[budget_name]
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -98,7 +101,7 @@ def run(budget_name: str, out_dir: Path, command: str, revision: str, data_dir: 
     for seed in budget["seeds"]:
         for name in OBJECTIVES:
             run_dir = out_dir / "runs" / f"{name.replace(' ', '_').replace('=', '')}-seed{seed}"
-            record = run_one(name, seed, budget, run_dir, revision, data_dir)
+            record = run_one(name, seed, budget, run_dir, revision, data_dir, download)
             records.append(record)
             print(f"{name:<9s} seed {seed}: log p(x) {record['log_px']:.2f}, IWAE {record['iwae']:.2f}, ELBO "
                   f"{record['elbo']:.2f}, gaps: approximation {record['approximation_gap']:.2f}, amortization "
