@@ -11,9 +11,9 @@ from pathlib import Path
 
 from pyro_vae.data import DataError
 
-from . import binarized_mnist, estimators, priors
+from . import binarized_mnist, estimators, gaps, priors
 
-STUDIES = {"estimators": estimators, "priors": priors, "binarized-mnist": binarized_mnist}
+STUDIES = {"estimators": estimators, "priors": priors, "binarized-mnist": binarized_mnist, "gaps": gaps}
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

@@ -8,6 +8,9 @@ from .plates import data_plate
 from .importance import ModelGuideContractError, importance_weights, log_weights
 from .objectives import CIWAE_ELBO, IWAE_ELBO, MIWAE_ELBO, PIWAE_ELBO, bound_name, build_objective
 from .evaluation import JointLogLikelihood, LogLikelihoodSummary, evaluate, joint_log_likelihood, log_likelihood
+from .ais import AISSummary, ais_log_likelihood
+from .bdmc import BDMCSummary, bdmc
+from .gaps import InferenceGaps, inference_gaps
 from .config import TrainConfig
 from .training import Trainer
 from .launch import train

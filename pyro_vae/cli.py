@@ -3,7 +3,9 @@
     pyro-vae train [flags]            train a VAE (default: the embedded 8x8 digits), see --help
     pyro-vae sample CHECKPOINT        decode draws from the prior to an image grid (and .npy)
     pyro-vae reconstruct CHECKPOINT   show data next to its reconstructions
-    pyro-vae evaluate CHECKPOINT      importance-sampled held-out log p(x) with error bars
+    pyro-vae evaluate CHECKPOINT      importance-sampled held-out log p(x) with error bars (--method ais: AIS;
+                                      --gaps: the inference-gap decomposition)
+    pyro-vae bdmc CHECKPOINT          log p(x) sandwiched by forward and reverse AIS on simulated data
 """
 import argparse
 import dataclasses
@@ -304,8 +306,8 @@ def _cmd_reconstruct(args, argv) -> int:
     return 0
 
 
-def _cmd_evaluate(args, argv) -> int:
-    from .evaluation import JointLogLikelihood, evaluate
+def _evaluation_inputs(args):
+    """The checkpoint's model on ``--device`` and the points of ``--split`` (the first ``--num``), with labels."""
     device = resolve_device(args.device)
     vae, config = load_vae(args.checkpoint, map_location=str(device))
     vae = vae.to(device)
@@ -315,9 +317,26 @@ def _cmd_evaluate(args, argv) -> int:
         raise ValueError("the train split is re-binarized every epoch (dynamic binarization); evaluate on "
                          "valid or test, which are binarized once")
     x, labels = data.split(args.split).to(device), data.labels(args.split)
-    if args.num is not None:
+    if getattr(args, "num", None) is not None:
         x, labels = x[: args.num], (labels[: args.num] if labels is not None else None)
     labels = labels.to(device) if labels is not None else None
+    return vae, x, labels
+
+
+def _output_folder(args) -> Path:
+    """``--out``, or the run folder of the checkpoint."""
+    out = Path(args.out) if args.out else Path(args.checkpoint).resolve()
+    if out.suffix == ".pt":
+        out = out.parent
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _cmd_evaluate(args, argv) -> int:
+    from .evaluation import JointLogLikelihood, evaluate
+    if args.gaps or args.method == "ais":
+        return _cmd_evaluate_ais(args)
+    vae, x, labels = _evaluation_inputs(args)
     torch.manual_seed(args.seed)
     summary = evaluate(vae.model, vae.guide, x, num_samples=args.num_samples, particle_chunk=args.particle_chunk,
                        batch_size=args.batch_size, progress=not args.no_progress, globals=args.globals,
@@ -343,16 +362,87 @@ def _cmd_evaluate(args, argv) -> int:
         if summary.active_units is not None:
             print(f"  active units: {summary.active_units} of {len(summary.latent_variances)} "
                   f"(Cov_x E_q[z_d | x] > 0.01)")
-    out = Path(args.out) if args.out else Path(args.checkpoint).resolve()
-    if out.suffix == ".pt":
-        out = out.parent
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"evaluation_{args.split}.json"
+    path = _output_folder(args) / f"evaluation_{args.split}.json"
     record = {"checkpoint": str(args.checkpoint), "split": args.split, "seed": args.seed,
               "num_points": len(x), **summary.to_dict()}
     path.write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote {path}")
     return 0
+
+
+def _cmd_evaluate_ais(args) -> int:
+    """``evaluate --method ais`` (AIS log p(x)) and ``evaluate --gaps`` (the inference-gap decomposition)."""
+    from .ais import ais_log_likelihood
+    from .gaps import inference_gaps
+    from .bound_plots import plot_inference_gaps
+    if args.globals:
+        raise ValueError("--globals is for --method is; AIS and the gap decomposition need per-point latents only")
+    vae, x, labels = _evaluation_inputs(args)
+    torch.manual_seed(args.seed)
+    settings = dict(num_chains=args.chains, leapfrog_steps=args.leapfrog_steps, batch_size=args.batch_size,
+                    progress=not args.no_progress, **_labels_for(vae, labels))
+    out = _output_folder(args)
+    record = {"checkpoint": str(args.checkpoint), "split": args.split, "seed": args.seed, "num_points": len(x)}
+    if args.gaps:
+        result = inference_gaps(vae.model, vae.guide, x, num_samples=args.num_samples, ais_steps=args.ais_steps,
+                                optimal_steps=args.optimal_steps, **settings)
+        print(result.headline())
+        print(result.table(Path(args.checkpoint).resolve().name))
+        if not result.converged:
+            print(f"  note: q* had not converged after {args.optimal_steps} Adam steps (raise --optimal-steps)")
+        path = out / f"gaps_{args.split}.json"
+        figure = plot_inference_gaps(
+            [Path(args.checkpoint).resolve().name], [result.means["approximation_gap"]],
+            [result.means["amortization_gap"]], out / f"gaps_{args.split}.png",
+            [result.stderrs["approximation_gap"]], [result.stderrs["amortization_gap"]])
+    else:
+        result = ais_log_likelihood(vae.model, vae.guide, x, num_steps=args.ais_steps, init=args.init, **settings)
+        print(result.headline())
+        print(f"  split {args.split}: {len(x)} points; HMC acceptance {float(result.acceptance_rate.mean()):.2f}, "
+              f"step sizes {result.step_size_range[0]:.3g} .. {result.step_size_range[1]:.3g}; standard error over "
+              f"data points")
+        path, figure = out / f"ais_{args.split}.json", None
+    path.write_text(json.dumps({**record, **result.to_dict()}, indent=1) + "\n")
+    print(f"wrote {path}" + (f", {figure}" if figure else ""))
+    return 0
+
+
+def _cmd_bdmc(args, argv) -> int:
+    from .bdmc import bdmc
+    from .bound_plots import plot_bdmc_bounds
+    args.num = 1
+    vae, x, _ = _evaluation_inputs(args)               # one point: the simulated data's shape, dtype and device
+    if uses_labels(vae):
+        raise ValueError(f"{type(vae).__name__} is conditional on labels; bdmc simulates unlabelled data only")
+    torch.manual_seed(args.seed)
+    result = bdmc(vae.model, vae.guide, args.num_points, like=x, num_steps=args.ais_steps, num_chains=args.chains,
+                  leapfrog_steps=args.leapfrog_steps, init=args.init, batch_size=args.batch_size,
+                  num_samples=args.num_samples, progress=not args.no_progress)
+    print(result.headline())
+    print(result.table())
+    out = _output_folder(args)
+    path = out / "bdmc.json"
+    path.write_text(json.dumps({"checkpoint": str(args.checkpoint), "seed": args.seed, **result.to_dict()},
+                               indent=1) + "\n")
+    b = result.bounds
+    figure = plot_bdmc_bounds([r.num_steps for r in b], [r.lower_mean for r in b], [r.upper_mean for r in b],
+                              out / "bdmc.png", [r.gap_stderr for r in b],
+                              reference={f"IWAE_{result.num_samples}": result.iwae_mean} if result.num_samples else None,
+                              title=f"BDMC on {result.num_points} points simulated from {Path(args.checkpoint).name}")
+    print(f"wrote {path}, {figure}")
+    return 0
+
+
+def _add_ais_flags(p: argparse.ArgumentParser, steps_default: str) -> None:
+    g = p.add_argument_group("annealed importance sampling")
+    g.add_argument("--ais-steps", type=_int_list if "," in steps_default else _positive_int,
+                   default=_int_list(steps_default) if "," in steps_default else int(steps_default),
+                   help="annealing steps T (sigmoid schedule; HMC transitions in between) (default: %(default)s)")
+    g.add_argument("--chains", type=_positive_int, default=16, help="AIS chains per point (default: %(default)s)")
+    g.add_argument("--leapfrog-steps", type=_positive_int, default=10,
+                   help="leapfrog steps per HMC transition (default: %(default)s)")
+    g.add_argument("--init", default="guide", choices=("guide", "prior"),
+                   help="where the chains start and the path begins: q(z|x) or p(z) (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -409,7 +499,36 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "(default: %(default)s)")
     p.add_argument("--out", default=None, help="folder for evaluation_SPLIT.json (default: the run folder)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--method", default="is", choices=("is", "ais"),
+                   help="is: importance sampling with the guide (IWAE_S); ais: annealed importance sampling with HMC "
+                        "(Wu et al. 2017), slower, accurate where the guide is poor; writes OUT/ais_SPLIT.json "
+                        "(default: %(default)s)")
+    p.add_argument("--gaps", action="store_true",
+                   help="the inference-gap decomposition (Cremer et al. 2018): ELBO[q], ELBO[q*] (per-point optimised "
+                        "guide), IWAE_S, AIS log p(x), the approximation and amortization gaps; writes "
+                        "OUT/gaps_SPLIT.json and OUT/gaps_SPLIT.png")
+    p.add_argument("--optimal-steps", type=_positive_int, default=1000,
+                   help="--gaps: at most this many Adam steps fitting q* per batch (default: %(default)s)")
+    _add_ais_flags(p, "1000")
     p.set_defaults(func=_cmd_evaluate)
+    p = sub.add_parser("bdmc", help="sandwich log p(x) between forward and reverse AIS on simulated data",
+                       description="Bidirectional Monte Carlo (Grosse et al. 2015): simulate (z, x) from the model, run "
+                                   "AIS forwards (a stochastic lower bound on log p(x)) and backwards from z (an upper "
+                                   "bound) for each step count; the gap says how far to trust AIS (and IWAE) on this "
+                                   "model. Writes OUT/bdmc.json and OUT/bdmc.png.")
+    p.add_argument("checkpoint", help="a checkpoint file or a run folder (uses best.pt)")
+    p.add_argument("--num-points", type=_positive_int, default=100, help="simulated points (default: %(default)s)")
+    _add_ais_flags(p, "100,1000,10000")
+    p.add_argument("--num-samples", type=int, default=1000,
+                   help="S of IWAE_S on the simulated points, shown beside the bounds; 0 skips it (default: %(default)s)")
+    p.add_argument("--batch-size", type=_positive_int, default=100, help="points at once (default: %(default)s)")
+    p.add_argument("--split", default="test", choices=("train", "valid", "test"), help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--data-dir", default=None, help="override the data folder stored in the checkpoint's config")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default: %(default)s)")
+    p.add_argument("--out", default=None, help="folder for bdmc.json and bdmc.png (default: the run folder)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_bdmc)
     return parser
 
 

@@ -94,18 +94,21 @@ def modules_of(*programs: Any) -> List[torch.nn.Module]:
     return list(found.values())
 
 
+PER_CALL_CHECKS = ("register_params", "validate_inputs")
+
+
 @contextlib.contextmanager
-def checked_once(*modules: Any) -> Iterator[None]:
-    """Inside, the modules skip their per-call input checks and param-store registration: the caller checked
-    its data once (a trainer, every split before the first step; an evaluator, its ``x``) and owns the
-    parameters (a torch optimiser, or none).  A module's ``validate_inputs`` / ``register_params`` flags, where
-    it has them (:class:`~pyro_vae.VAE`), are off inside and restored after.  (Reading the data in every call
-    would also stop a step from being recorded: :mod:`pyro_vae.compiled`.)"""
-    # plain instance attributes, set in the instance dict: nn.Module.__setattr__ costs ~30 Python calls a step
+def checked_once(*programs: Any) -> Iterator[None]:
+    """Run many calls of the programs (or modules) on inputs the caller checked once: a trainer checks every
+    split before the first step, an evaluator or AIS its ``x``, and owns the parameters (a torch optimiser, or
+    none).  A module's ``register_params`` / ``validate_inputs`` flags, where it has them (:class:`~pyro_vae.VAE`:
+    ``pyro.module`` registration and the batch's support check, ~0.7 ms a call), are off inside and restored
+    after.  (Reading the data in every call would also stop a step from being recorded:
+    :mod:`pyro_vae.compiled`.)"""
     saved = []
-    for module in modules:
-        attributes = vars(module)
-        flags = {name: attributes[name] for name in ("register_params", "validate_inputs") if name in attributes}
+    for module in modules_of(*programs):
+        attributes = vars(module)      # plain instance attributes: nn.Module.__setattr__ costs ~30 Python calls
+        flags = {name: attributes[name] for name in PER_CALL_CHECKS if name in attributes}
         attributes.update(dict.fromkeys(flags, False))
         saved.append((attributes, flags))
     try:

@@ -127,7 +127,7 @@ def importance_sample(model, guide, x, *args, num_samples, particle_chunk, batch
             running = RunningEstimates(xb.shape[0], ks, xb.device)
             side = slice_data({k: kwargs[k] for k in tensors}, x.shape[0], start, start + batch_size)
             for c in chunks:
-                with checked_once(*modules):
+                with checked_once(model, guide):
                     running.add(weights(xb, *[side[k] for k in tensors], c=c)[0])  # [C, B]
                 bar.update(1)
             results.append(running)
