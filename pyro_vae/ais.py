@@ -64,7 +64,8 @@ from pyro.poutine.util import prune_subsample_sites
 from torch.distributions import biject_to
 from tqdm.auto import tqdm
 
-from .contract import eval_mode, checked_once, slice_data
+from .compiled import CompiledFunction
+from .contract import checked_once, eval_mode, slice_data
 from .evaluation import _check_x, _set_size
 from .hmc import HMCState, hmc_transition
 from .importance import (ModelGuideContractError, _data_frame, importance_weights, latent_sites, masked_log_prob,
@@ -122,9 +123,13 @@ class AnnealingPath:
 
     def __init__(self, model: Callable, guide: Callable, *args, num_chains: int, base: str = "guide",
                  start: Optional[Dict[str, torch.Tensor]] = None, plate: str = "data",
-                 max_plate_nesting: Optional[int] = None, **kwargs):
+                 max_plate_nesting: Optional[int] = None, compile: str = "auto",
+                 note: Callable[[str], None] = lambda line: None, **kwargs):
         if base not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {base!r}")
+        # recorded from its 20th call on: a path of T temperatures evaluates it about T (L + 1) times
+        self.density = CompiledFunction(self._log_f_and_grad, compile, note, "the AIS gradient", argname="u",
+                                        after=20)
         self.model, self.guide, self.args, self.kwargs = model, guide, args, kwargs
         self.base, self.plate, self.num_chains = base, plate, num_chains
         with torch.no_grad():
@@ -228,16 +233,25 @@ class AnnealingPath:
                 log_pi0 = self._sum(guide_trace, latent_only=True)
         return log_p, log_pi0, log_det
 
+    def _log_f_and_grad(self, u: torch.Tensor, beta: torch.Tensor):
+        """``(log f_b, its gradient, log p, log pi_0)`` at ``u: [C, B, P]`` for the inverse temperature ``beta: []``
+        (a tensor: one recording serves every temperature)."""
+        with torch.enable_grad():
+            u = u.detach().requires_grad_(True)
+            log_p, log_pi0, log_det = self.components(u)
+            log_f = log_pi0 + log_det + beta * (log_p - log_pi0)
+            grad, = torch.autograd.grad(log_f.sum(), u)
+        return log_f.detach(), grad, log_p.detach(), log_pi0.detach()
+
     def log_density(self, beta: float):
         """log f_b(u) = (1 - b) log pi_0 + b log p(x, z) + log|dz/du| as an :data:`pyro_vae.hmc.LogDensity`:
-        ``u: [C, B, P] -> (log f: [C, B], grad: [C, B, P], {"log_p", "log_pi0"}: [C, B])``."""
+        ``u: [C, B, P] -> (log f: [C, B], grad: [C, B, P], {"log_p", "log_pi0"}: [C, B])``.  The density and its
+        gradient are recorded once per path and replayed (:mod:`pyro_vae.compiled`) unless ``compile="off"``."""
+        beta = torch.tensor(beta, dtype=self.start.dtype, device=self.start.device)
+
         def fn(u: torch.Tensor):
-            with torch.enable_grad():
-                u = u.detach().requires_grad_(True)
-                log_p, log_pi0, log_det = self.components(u)
-                log_f = log_pi0 + log_det + beta * (log_p - log_pi0)
-                grad, = torch.autograd.grad(log_f.sum(), u)
-            return log_f.detach(), grad, {"log_p": log_p.detach(), "log_pi0": log_pi0.detach()}
+            log_f, grad, log_p, log_pi0 = self.density(u, beta)
+            return log_f, grad, {"log_p": log_p, "log_pi0": log_pi0}
         return fn
 
 
@@ -370,7 +384,7 @@ def ais_log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *args,
                        leapfrog_steps: int = 10, target_accept: float = 0.65, init: str = "guide",
                        batch_size: int = 100, step_size: float = 0.05, adapt_step_size: bool = True,
                        adapt_rate: float = 0.02, plate: str = "data", progress: bool = False,
-                       **kwargs) -> AISSummary:
+                       compile: str = "auto", **kwargs) -> AISSummary:
     """Annealed-importance-sampled ``log p(x_n)`` of every point of ``x: [N, ...]`` (module docstring).
 
     Args:
@@ -387,6 +401,8 @@ def ais_log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *args,
         init: ``"guide"`` (pi_0 = q(z | x), the default) or ``"prior"`` (pi_0 = p(z): needs no guide to be
             any good, but more steps).
         batch_size: points annealed at once; memory grows with ``num_chains * batch_size``.
+        compile: record each batch's density gradient once and replay it (``"auto"``; the same numbers, checked
+            on its first replay), or not (``"off"``); ``"on"`` makes a model that cannot be recorded an error.
 
     Returns:
         :class:`AISSummary` (``log_likelihood: [N]`` float64 with its errors and HMC diagnostics).
@@ -411,7 +427,8 @@ def ais_log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *args,
                   disable=not progress, dynamic_ncols=True) as bar:
             for start in batches:
                 path = AnnealingPath(model, guide, x[start:start + batch_size], *args, num_chains=num_chains,
-                                     base=init, plate=plate, max_plate_nesting=nesting, **passed,
+                                     base=init, plate=plate, max_plate_nesting=nesting, compile=compile,
+                                     note=bar.write if progress else (lambda line: None), **passed,
                                      **slice_data(kwargs, n, start, start + batch_size))
                 with checked_once(model, guide):      # checked once, by the path's first run
                     run = anneal(path, betas, leapfrog_steps=leapfrog_steps, step_size=step_size,

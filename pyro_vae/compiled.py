@@ -183,7 +183,10 @@ class Recorder:
         mode: ``"auto"`` (fall back to eager with a note), ``"on"`` (a :class:`CompileError` instead), ``"off"``.
         note: called with one line whenever a recording starts, is checked, or falls back.
         rtol: how far the first replay may be from the eager result (0 on the CPU in practice: bit for bit).
-        what: what the function computes, for the notes ("the step", "log weights").
+        what: what the function computes, for the notes ("the step", "the log weights"); argname: the name of
+            its first tensor argument, whose shape the notes give ("x").
+        after: calls of a signature computed eagerly before it is recorded (recording costs about a second: it
+            pays where a signature repeats).
 
     ``recorder(key, *args)`` returns the outputs, or None where the caller must compute them eagerly; ``key``
     holds what the recording depends on besides the tensors' shapes (the programs, ...).  On CUDA a checked
@@ -192,10 +195,13 @@ class Recorder:
     """
 
     def __init__(self, traced: Callable, eager: Callable, mode: str = "auto",
-                 note: Callable[[str], None] = lambda line: None, rtol: float = 1e-5, what: str = "the step"):
+                 note: Callable[[str], None] = lambda line: None, rtol: float = 1e-5, what: str = "the step",
+                 argname: str = "x", after: int = 0):
         if mode not in MODES:
             raise ValueError(f"compile must be one of {MODES}, got {mode!r}")
         self.traced, self.eager, self.mode, self.note, self.rtol, self.what = traced, eager, mode, note, rtol, what
+        self.argname, self.after = argname, after
+        self.seen: Dict[tuple, int] = {}         # eager calls per signature before it is recorded
         self.recordings: Dict[tuple, Recording] = {}
         self.disabled: Optional[str] = None if mode != "off" else "compile is off"
         self.buffers: Sequence[torch.Tensor] = ()     # tensors a call must leave as they were (module buffers)
@@ -227,6 +233,9 @@ class Recorder:
         signature = key + tuple((tuple(t.shape), t.dtype, t.device) for t in flat)
         recording = self.recordings.get(signature)
         if recording is None:
+            if self.seen.get(signature, 0) < self.after:      # not worth recording (yet): the shape must repeat
+                self.seen[signature] = self.seen.get(signature, 0) + 1
+                return None
             recording = self.recordings[signature] = self._record(args, flat)
         if recording.graph is None:
             return None
@@ -246,7 +255,7 @@ class Recorder:
         from torch.fx.experimental.proxy_tensor import make_fx
         start = time.perf_counter()
         device = flat[-1].device
-        self.note(f"compiling {self.what} for {_shapes(flat)}")
+        self.note(f"compiling {self.what} for {_label(args, self.argname)}")
         saved = [(b, b.detach().clone()) for b in self.buffers]
         try:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
@@ -257,12 +266,12 @@ class Recorder:
         except Exception as error:  # noqa: BLE001 - whatever stops the recording, the eager path still works
             why = str(error) if isinstance(error, CompileError) else _first_line(error)
             self.refuse(why)
-            return Recording(None, _shapes(flat), why, seconds=time.perf_counter() - start)
+            return Recording(None, _label(args, self.argname), why, seconds=time.perf_counter() - start)
         finally:
             with torch.no_grad():
                 for b, before in saved:
                     b.copy_(before)
-        return Recording(graph, _shapes(flat), seconds=time.perf_counter() - start)
+        return Recording(graph, _label(args, self.argname), seconds=time.perf_counter() - start)
 
     def _check(self, recording: Recording, args, flat):
         """The first replay of a recording, beside the eager function from the same random state."""
@@ -289,7 +298,7 @@ class Recorder:
         exact = "bit for bit" if error == 0 else f"relative error {error:.1e} from"
         if device.type == "cuda":
             self._capture(recording, args, flat)
-        self.note(f"compiled {self.what} for {_shapes(flat)} in {recording.seconds:.1f} s ({exact} the eager "
+        self.note(f"compiled {self.what} for {recording.label} in {recording.seconds:.1f} s ({exact} the eager "
                   f"computation{', CUDA graph' if recording.cuda_graph is not None else ''})")
         return replayed
 
@@ -321,9 +330,10 @@ class CompiledFunction:
     random state, as :class:`Recorder` checks on each recording's first replay."""
 
     def __init__(self, fn: Callable, mode: str = "auto", note: Callable[[str], None] = lambda line: None,
-                 what: str = "the function"):
+                 what: str = "the function", argname: str = "x", after: int = 0):
         self.fn, self._static = fn, {}
-        self.recorder = Recorder(self._call, self._call, mode, note, rtol=0.0, what=what)
+        self.recorder = Recorder(self._call, self._call, mode, note, rtol=0.0, what=what, argname=argname,
+                                 after=after)
 
     def _call(self, *tensors):
         return tuple(self.fn(*tensors, **self._static))
@@ -334,8 +344,10 @@ class CompiledFunction:
         return self._call(*tensors) if out is None else out
 
 
-def _shapes(flat: Sequence[torch.Tensor]) -> str:
-    return f"x {list(flat[-1].shape) if len(flat) else []}"
+def _label(args, name: str) -> str:
+    """What a recording is for: ``name`` and the shape of the first tensor argument (``x [100, 784]``)."""
+    first = next((a for a in args if torch.is_tensor(a)), None)
+    return f"{name} {list(first.shape) if first is not None else []}"
 
 
 class CompiledStep:

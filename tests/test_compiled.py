@@ -186,3 +186,17 @@ def test_log_likelihood_compiled_is_log_likelihood_eager(digits, example):
                                  compile=mode, **extra)
     assert torch.equal(results["off"].log_likelihood, results["on"].log_likelihood)
     assert results["off"].iwae_curve == results["on"].iwae_curve
+
+
+def test_ais_compiled_is_ais_eager(digits):
+    """The AIS gradient, recorded once per batch from its 20th evaluation on, gives the same chains to the bit."""
+    from pyro_vae.ais import ais_log_likelihood
+    torch.manual_seed(0)
+    vae = build_vae(digits.data_dim, latent_dim=2, hidden=(16,))
+    runs = {}
+    for mode in ("off", "on"):
+        torch.manual_seed(3)
+        runs[mode] = ais_log_likelihood(vae.model, vae.guide, digits.test[:6], num_chains=4, num_steps=12,
+                                        leapfrog_steps=3, compile=mode)
+    assert torch.equal(runs["off"].log_weights, runs["on"].log_weights)
+    assert torch.equal(runs["off"].step_size, runs["on"].step_size)
