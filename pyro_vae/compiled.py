@@ -24,6 +24,8 @@ Caveat, as for every trace-based compiler: Python-side state a program reads (a 
 is frozen into the recording; programs on the contract of :mod:`pyro_vae.contract` read none.
 """
 import contextlib
+import functools
+import re
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -162,6 +164,22 @@ def prune(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
     return graph
 
 
+def direct_calls(graph: torch.fx.GraphModule) -> Callable:
+    """The graph's generated Python with every aten operation called directly, not through
+    ``OpOverload.__call__``'s Python frame and four attribute lookups per call (6 % of a small step's replay):
+    the same operations in the same order."""
+    aliases = {}
+
+    def alias(match):
+        name = f"_aten_{match.group(1)}_{match.group(2)}"
+        aliases[name] = getattr(getattr(torch.ops.aten, match.group(1)), match.group(2))._op
+        return name + "("
+    source = re.sub(r"torch\.ops\.aten\.(\w+)\.(\w+)\(", alias, graph.code)
+    namespace = dict(graph.forward.__globals__, **aliases)
+    exec(compile(source, f"<recorded step {id(graph):x}>", "exec"), namespace)   # noqa: S102 - our own graph's code
+    return functools.partial(namespace["forward"], graph)
+
+
 @dataclass
 class Recording:
     """One signature's recorded function, or why it runs eagerly (``graph`` None)."""
@@ -260,7 +278,7 @@ class Recorder:
         try:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
                     pyro.validation_enabled(False):
-                graph = prune(make_fx(self.traced)(*args))
+                graph = direct_calls(prune(make_fx(self.traced)(*args)))
             if any(not torch.equal(b, before) for b, before in saved):
                 raise CompileError("a step changes the module's buffers (batch-norm statistics)")
         except Exception as error:  # noqa: BLE001 - whatever stops the recording, the eager path still works
