@@ -362,5 +362,5 @@ def test_bad_config_files_are_named(tmp_path, capsys, text, message):
 
 
 def _explicit(argv):
-    from pyro_vae.cli import _explicit_train_flags
+    from pyro_vae.cli_train import _explicit_train_flags
     return _explicit_train_flags(argv)
