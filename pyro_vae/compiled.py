@@ -316,6 +316,7 @@ class CompiledStep:
         self.names = [names.get(id(p)) for p in self.params]
         self.recorder = Recorder(self._traced, self._eager, mode, note, rtol, "the step")
         self.recorder.buffers = list(module.buffers())
+        self._submodules = list(module.modules())
         self._programs: Tuple[Callable, Callable, Tuple[str, ...]] = (None, None, ())
         if mode != "off" and data_parallel:
             self.refuse("data-parallel steps run eagerly: DDP's gradient all-reduce hooks into autograd")
@@ -349,6 +350,8 @@ class CompiledStep:
             return None
         keys = tuple(sorted(data))
         self._programs = (model, guide, keys)
-        # the programs themselves (bound methods compare equal by instance and function), never a reusable id
-        out = self.recorder((model, guide, keys), self.params, x, *[data[k] for k in keys])
+        # the programs themselves (bound methods compare equal by instance and function), never a reusable id, and
+        # every submodule's train/eval mode (dropout and batch norm are recorded as the mode had them)
+        modes = tuple(m.training for m in self._submodules)
+        out = self.recorder((model, guide, keys, modes), self.params, x, *[data[k] for k in keys])
         return None if out is None else (out[0], list(out[1:]))

@@ -200,3 +200,25 @@ def test_ais_compiled_is_ais_eager(digits):
                                         leapfrog_steps=3, compile=mode)
     assert torch.equal(runs["off"].log_weights, runs["on"].log_weights)
     assert torch.equal(runs["off"].step_size, runs["on"].step_size)
+
+
+def test_a_recording_is_per_train_or_eval_mode(digits):
+    """Dropout is recorded as the mode had it: switching the module to eval mode records the step again."""
+    torch.manual_seed(0)
+    vae = build_vae(digits.data_dim, latent_dim=2, hidden=(16,))
+    vae.encoder.net.insert(1, nn.Dropout(0.5))
+    vae.register_params = vae.validate_inputs = False
+    objective = build_objective("elbo")
+    params = list(vae.parameters())
+    x = digits.test[:20]
+    eager(objective, vae, params, x, 0)
+    step = CompiledStep(vae, objective, params, 1000, mode="on")
+    results = {}
+    for training in (True, False, True):
+        vae.train(training)
+        torch.manual_seed(5)
+        loss, grads = step(x, vae.model, vae.guide)
+        expected_loss, _ = eager(objective, vae, params, x, 5)
+        assert torch.equal(loss, expected_loss), training
+        results.setdefault(training, loss)
+    assert len(step.recordings) == 2 and not torch.equal(results[True], results[False])
