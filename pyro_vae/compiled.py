@@ -26,6 +26,7 @@ is frozen into the recording; programs on the contract of :mod:`pyro_vae.contrac
 """
 import contextlib
 import functools
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -69,10 +70,19 @@ def _first_line(error: BaseException) -> str:
 
 
 def _max_relative_error(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> float:
+    """The largest ``|u - v| / max(|v|, tiny)`` over all elements (0 where both are equal, infinities and NaNs
+    included); infinite where the shapes, dtypes or the positions of NaNs differ."""
     worst = 0.0
     for u, v in zip(a, b):
-        scale = float(v.abs().max()) if v.numel() else 0.0
-        worst = max(worst, float((u - v).abs().max()) / scale if scale > 0 else float((u - v).abs().max()))
+        u, v = u.detach(), v.detach()
+        if u.shape != v.shape or u.dtype != v.dtype or not torch.equal(u.isnan(), v.isnan()):
+            return math.inf
+        same = (u == v) | (u.isnan() & v.isnan())
+        if bool(same.all()):
+            continue
+        tiny = torch.finfo(v.dtype).tiny if v.is_floating_point() else 1
+        error = ((u - v).abs() / v.abs().clamp_min(tiny)).masked_fill(same, 0)
+        worst = max(worst, float(error.max()) if not bool(error.isnan().any()) else math.inf)
     return worst
 
 
@@ -92,12 +102,14 @@ def direct_calls(graph: torch.fx.GraphModule) -> Callable:
     """The graph's generated Python with every aten operation called directly, not through
     ``OpOverload.__call__``'s Python frame and four attribute lookups per call (6 % of a small step's replay):
     the same operations in the same order."""
-    aliases = {}
+    aliases, names = {}, {}
 
     def alias(match):
-        name = f"_aten_{match.group(1)}_{match.group(2)}"
-        aliases[name] = getattr(getattr(torch.ops.aten, match.group(1)), match.group(2))._op
-        return name + "("
+        op = (match.group(1), match.group(2))
+        if op not in names:                      # one name per (operation, overload): _aten0, _aten1, ...
+            names[op] = f"_aten{len(names)}"
+            aliases[names[op]] = getattr(getattr(torch.ops.aten, op[0]), op[1])._op
+        return names[op] + "("
     source = re.sub(r"torch\.ops\.aten\.(\w+)\.(\w+)\(", alias, graph.code)
     namespace = dict(graph.forward.__globals__, **aliases)
     exec(compile(source, f"<recorded step {id(graph):x}>", "exec"), namespace)   # noqa: S102 - our own graph's code
@@ -112,7 +124,7 @@ class Recording:
     why_not: Optional[str] = None
     verified: bool = False
     seconds: float = 0.0                 # spent recording and checking it
-    cuda_graph: Any = None               # on CUDA: (torch.cuda.CUDAGraph, static inputs, static outputs)
+    cuda_graph: Any = None               # on CUDA: (CUDAGraph, static inputs, static outputs, input pointers)
 
 
 class Recorder:
@@ -124,7 +136,8 @@ class Recorder:
             it may differ from ``traced`` only in how it computes the same numbers, e.g. ``.item()``).
         mode: ``"auto"`` (fall back to eager with a note), ``"on"`` (a :class:`CompileError` instead), ``"off"``.
         note: called with one line whenever a recording starts, is checked, or falls back.
-        rtol: how far the first replay may be from the eager result (0 on the CPU in practice: bit for bit).
+        rtol: how far the first replay may be from the eager result on a GPU (on the CPU it must be equal: the
+            same kernels in the same order give the same bits).
         what: what the function computes, for the notes ("the step", "the log weights"); argname: the name of
             its first tensor argument, whose shape the notes give ("x").
         after: calls of a signature computed eagerly before it is recorded (recording costs about a second: it
@@ -143,10 +156,13 @@ class Recorder:
             raise ValueError(f"compile must be one of {MODES}, got {mode!r}")
         self.traced, self.eager, self.mode, self.note, self.rtol, self.what = traced, eager, mode, note, rtol, what
         self.argname, self.after = argname, after
+        # CUDA graphs write their outputs into the same tensors at every replay: only a caller that is done with
+        # them before its next call may take them as they are; everyone else gets copies
+        self.static_outputs = False
         self.seen: Dict[tuple, int] = {}         # eager calls per signature before it is recorded
         self.recordings: Dict[tuple, Recording] = {}
         self.disabled: Optional[str] = None if mode != "off" else "compile is off"
-        self.buffers: Sequence[torch.Tensor] = ()     # tensors a call must leave as they were (module buffers)
+        self.buffers: Callable[[], Sequence[torch.Tensor]] = tuple   # tensors a call must leave as they were
         self._taken = 0.0
 
     @property
@@ -172,7 +188,7 @@ class Recorder:
         if self.disabled is not None:
             return None
         flat = pytree.tree_leaves(args)
-        signature = key + tuple((tuple(t.shape), t.dtype, t.device) for t in flat)
+        signature = key + tuple((tuple(t.shape), t.stride(), t.dtype, t.device) for t in flat)
         recording = self.recordings.get(signature)
         if recording is None:
             if self.seen.get(signature, 0) < self.after:      # not worth recording (yet): the shape must repeat
@@ -181,24 +197,41 @@ class Recorder:
             recording = self.recordings[signature] = self._record(args, flat)
         if recording.graph is None:
             return None
-        if not recording.verified:
-            return self._check(recording, args, flat)
-        if recording.cuda_graph is not None:
-            graph, inputs, outputs = recording.cuda_graph
-            for buffer, value in zip(inputs, flat):
-                if buffer.data_ptr() != value.data_ptr():
-                    buffer.copy_(value)
-            graph.replay()
-            return outputs
-        with torch.no_grad():
-            return tuple(recording.graph(*args))
+        try:
+            if not recording.verified:
+                return self._check(recording, args, flat)
+            if recording.cuda_graph is not None and self._replay_graph(recording, flat):
+                return recording.cuda_graph[2] if self.static_outputs else tuple(
+                    t.clone() for t in recording.cuda_graph[2])
+            with torch.no_grad():
+                return tuple(recording.graph(*args))
+        except CompileError:
+            raise
+        except Exception as error:  # noqa: BLE001 - a replay that fails (an input layout it did not expect): eager
+            self.refuse(f"a replay failed ({_first_line(error)})")
+            return None
+
+    @staticmethod
+    def _replay_graph(recording: Recording, flat) -> bool:
+        """Replay the CUDA graph on ``flat``'s values (copied into its static inputs); False, and the graph dropped,
+        where a parameter no longer lives where the graph reads it (``p.data = ...``)."""
+        graph, inputs, outputs, pointers = recording.cuda_graph
+        for buffer, value, pointer in zip(inputs, flat, pointers):
+            if buffer is value:
+                if value.data_ptr() != pointer:
+                    recording.cuda_graph = None
+                    return False
+            elif buffer.data_ptr() != value.data_ptr():
+                buffer.copy_(value)
+        graph.replay()
+        return True
 
     def _record(self, args, flat) -> Recording:
         from torch.fx.experimental.proxy_tensor import make_fx
         start = time.perf_counter()
         device = flat[-1].device
         self.note(f"compiling {self.what} for {_label(args, self.argname)}")
-        saved = [(b, b.detach().clone()) for b in self.buffers]
+        saved = [(b, b.detach().clone()) for b in self.buffers()]
         try:
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
                     pyro.validation_enabled(False):
@@ -228,7 +261,8 @@ class Recorder:
         same_draws = all(a is None or torch.equal(a, b) for a, b in zip(after_eager, _rng_state(device)))
         error = _max_relative_error(replayed, expected)
         recording.seconds += time.perf_counter() - start
-        if not same_draws or not error <= self.rtol:
+        rtol = self.rtol if device.type == "cuda" else 0.0     # the same kernels on the CPU: bit for bit
+        if not same_draws or not error <= rtol:
             _set_rng_state(after_eager, device)
             recording.graph = None
             recording.why_not = ("the recording draws different random numbers than the eager computation"
@@ -248,6 +282,11 @@ class Recorder:
         """Capture the replay in a CUDA graph: inputs copied into static buffers (the parameters are static
         already: the optimiser updates them in place), outputs in static buffers overwritten by each replay."""
         start = time.perf_counter()
+        module = getattr(recording.graph, "args", (None,))[0]
+        if isinstance(module, torch.fx.GraphModule) and "device(type='cpu')" in module.code:
+            self.note(f"compile: no CUDA graph for {self.what} (it makes tensors on the CPU, which a graph would "
+                      f"freeze); replaying without one")
+            return
         try:
             static = [t if isinstance(t, torch.nn.Parameter) else t.clone() for t in flat]
             static_args = pytree.tree_unflatten(static, pytree.tree_structure(args))
@@ -259,7 +298,7 @@ class Recorder:
             graph = torch.cuda.CUDAGraph()
             with torch.no_grad(), torch.cuda.graph(graph):
                 outputs = tuple(recording.graph(*static_args))
-            recording.cuda_graph = (graph, static, outputs)
+            recording.cuda_graph = (graph, static, outputs, [t.data_ptr() for t in static])
         except Exception as error:  # noqa: BLE001 - the plain replay still works
             self.note(f"compile: no CUDA graph for {self.what} ({_first_line(error)}); replaying without one")
         recording.seconds += time.perf_counter() - start
@@ -315,8 +354,8 @@ class CompiledStep:
         names = {id(p): name for name, p in module.named_parameters()}
         self.names = [names.get(id(p)) for p in self.params]
         self.recorder = Recorder(self._traced, self._eager, mode, note, rtol, "the step")
-        self.recorder.buffers = list(module.buffers())
-        self._submodules = list(module.modules())
+        self.recorder.static_outputs = True     # the trainer uses a step's loss and gradients before the next
+        self.recorder.buffers = module.buffers  # a recording must not change them (batch-norm statistics)
         self._programs: Tuple[Callable, Callable, Tuple[str, ...]] = (None, None, ())
         if mode != "off" and data_parallel:
             self.refuse("data-parallel steps run eagerly: DDP's gradient all-reduce hooks into autograd")
@@ -352,6 +391,13 @@ class CompiledStep:
         self._programs = (model, guide, keys)
         # the programs themselves (bound methods compare equal by instance and function), never a reusable id, and
         # every submodule's train/eval mode (dropout and batch norm are recorded as the mode had them)
-        modes = tuple(m.training for m in self._submodules)
-        out = self.recorder((model, guide, keys, modes), self.params, x, *[data[k] for k in keys])
+        modes = tuple(m.training for m in self.module.modules())
+        # and what else the recording bakes in: which parameters are trained, the objective's settings, the buffers
+        # (constants of the recording: one replaced by assignment must be recorded again)
+        trained = tuple(p.requires_grad for p in self.params)
+        settings = tuple(sorted((k, v) for k, v in vars(self.objective).items()
+                                if isinstance(v, (bool, int, float, str, type(None)))))
+        buffers = tuple((id(b), b.data_ptr()) for b in self.module.buffers())
+        out = self.recorder((model, guide, keys, modes, trained, settings, buffers), self.params, x,
+                            *[data[k] for k in keys])
         return None if out is None else (out[0], list(out[1:]))

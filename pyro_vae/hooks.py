@@ -146,7 +146,11 @@ class Progress(Hook):
         if not trainer.parallel.is_writer:
             return
         if getattr(self, "bar", None) is not None and not self.bar.disable:
-            self.bar.set_postfix_str("compiling" if line.startswith("compiling") else "")
+            if line.startswith("compiling"):
+                self._postfix = self.bar.postfix
+                self.bar.set_postfix_str("compiling")
+            else:                                           # back to the last epoch's figures
+                self.bar.set_postfix_str(getattr(self, "_postfix", None) or "")
             self.bar.write(line, file=self.bar.fp)
         else:
             say(line)

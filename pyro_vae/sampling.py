@@ -120,7 +120,7 @@ def importance_sample(model, guide, x, *args, num_samples, particle_chunk, batch
             if hasattr(module, "check_input"):
                 module.check_input(x)
         # recording costs about one chunk's time: worth it where a (batch, chunk) shape repeats
-        if compile != "off" and len(batches) * len(chunks) > 4:
+        if compile == "on" or (compile == "auto" and len(batches) * len(chunks) > 4):
             weights = CompiledFunction(weights, compile, note, "the log weights")
         for start in batches:
             xb = x[start:start + batch_size]                                        # [B, D]

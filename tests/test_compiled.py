@@ -222,3 +222,73 @@ def test_a_recording_is_per_train_or_eval_mode(digits):
         assert torch.equal(loss, expected_loss), training
         results.setdefault(training, loss)
     assert len(step.recordings) == 2 and not torch.equal(results[True], results[False])
+
+
+def test_what_a_recording_bakes_in_is_in_its_key(digits):
+    """Review findings: freezing a parameter, changing the objective's settings or replacing a buffer records the
+    step again (each case then equals its eager step); a NaN the eager step does not have is never 'bit for bit'."""
+    from pyro_vae.compiled import _max_relative_error
+    torch.manual_seed(0)
+    vae = build_vae(digits.data_dim, latent_dim=2, hidden=(16,), likelihood="gaussian")
+    vae.register_params = vae.validate_inputs = False
+    objective = build_objective("iwae", num_particles=3)
+    params = list(vae.parameters())
+    x = digits.test[:20]
+    eager(objective, vae, params, x, 0)
+    step = CompiledStep(vae, objective, params, 1000, mode="auto")
+    step(x, vae.model, vae.guide)
+    objective.gradient = "dreg"                                        # another estimator, same shapes
+    torch.manual_seed(2)
+    _, grads = step(x, vae.model, vae.guide)
+    _, expected = eager(objective, vae, params, x, 2)
+    assert all(torch.equal(g, e) for g, e in zip(grads, expected)) and len(step.recordings) == 2
+    assert _max_relative_error([torch.tensor([2.0, float("nan")])], [torch.tensor([2.0, 1.0])]) == float("inf")
+    assert _max_relative_error([torch.tensor([2.0, 1.0])], [torch.tensor([2.0, 1.0 + 2 ** -20])]) > 0
+
+
+class _FakeCUDAGraph:
+    """CUDA-graph semantics on the CPU: every replay writes its outputs into the same tensors."""
+
+    def __init__(self, fn, args, outputs):
+        self.fn, self.args, self.outputs = fn, args, outputs
+
+    def replay(self):
+        with torch.no_grad():
+            for out, new in zip(self.outputs, self.fn(*self.args)):
+                out.copy_(new)
+
+
+@pytest.mark.parametrize("what", ["ais", "training"])
+def test_the_cuda_graph_path_keeps_every_number_on_a_stand_in_graph(digits, monkeypatch, tmp_path, what):
+    """Review finding 1: a CUDA graph's outputs are overwritten by its next replay; AIS keeps the previous
+    evaluation's tensors, so it must get copies (the trainer may take the static ones).  The graph path is
+    exercised here with a CPU stand-in of the same semantics."""
+    import torch.utils._pytree as pytree
+    from pyro_vae import compiled
+    original = compiled.Recorder._check
+
+    def check_then_capture(self, recording, args, flat):
+        out = original(self, recording, args, flat)
+        if recording.verified:
+            static = [t if isinstance(t, nn.Parameter) else t.clone() for t in flat]
+            static_args = pytree.tree_unflatten(static, pytree.tree_structure(args))
+            with torch.no_grad(), torch.random.fork_rng():
+                outputs = tuple(o.clone() for o in recording.graph(*static_args))
+            recording.cuda_graph = (_FakeCUDAGraph(recording.graph, static_args, outputs), static, outputs,
+                                    [t.data_ptr() for t in static])
+        return out
+    results = {}
+    for mode in ("off", "on"):
+        monkeypatch.setattr(compiled.Recorder, "_check", check_then_capture)
+        torch.manual_seed(0)
+        vae = build_vae(digits.data_dim, latent_dim=2, hidden=(16,))
+        torch.manual_seed(3)
+        if what == "ais":
+            from pyro_vae.ais import ais_log_likelihood
+            results[mode] = ais_log_likelihood(vae.model, vae.guide, digits.test[:6], num_chains=4, num_steps=30,
+                                               step_size=1.0, adapt_step_size=False, leapfrog_steps=3,
+                                               compile=mode).log_weights
+        else:
+            _, state = train_params(vae, digits, tiny(tmp_path / mode, compile=mode, clip_norm=1.0))
+            results[mode] = torch.cat([v.flatten() for v in state.values()])
+    assert torch.equal(results["off"], results["on"])
