@@ -3,7 +3,6 @@ what they print, the JSON and figures they write, and their one-line errors."""
 import json
 
 import pytest
-import torch
 
 from pyro_vae.cli import build_parser, main
 from test_cli import TINY, assert_png
@@ -11,12 +10,7 @@ from test_cli import TINY, assert_png
 SMALL_AIS = ["--ais-steps", "10", "--chains", "4", "--leapfrog-steps", "2", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")   # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
