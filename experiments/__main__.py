@@ -1,7 +1,10 @@
-"""``python -m experiments run STUDY --budget smoke|small|full [--out DIR]``.
+"""``python -m experiments run STUDY --budget smoke|small|medium|full [--out DIR]``.
 
-Writes ``experiments/results/STUDY/`` (or ``--out``): ``table.md``, ``metrics.json`` (with the exact command,
-the git revision and the seeds) and the study's plot.  Studies are resumable: finished runs are kept.
+Writes ``experiments/results/STUDY/BUDGET/`` (or ``--out``): ``table.md``, ``metrics.json`` (with the exact
+command, the git revisions that made the runs, the seeds and the machine) and the study's plot.  Each budget
+has its own folder, so no budget's results overwrite another's.  Studies are resumable: a finished run's
+``record.json`` is kept and served again (said so on the console) as long as it was made with the same
+settings; one made with other settings is an error, never silently reused.
 """
 import argparse
 import shlex
@@ -12,6 +15,7 @@ from pathlib import Path
 from pyro_vae.data import DataError
 
 from . import binarized_mnist, estimators, gaps, priors
+from .common import StudyError
 
 STUDIES = {"estimators": estimators, "priors": priors, "binarized-mnist": binarized_mnist, "gaps": gaps}
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -33,9 +37,11 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="run a study")
     p.add_argument("study", choices=sorted(STUDIES))
-    p.add_argument("--budget", default="small", choices=("smoke", "small", "full"),
-                   help="smoke: seconds (CI); small: under ~30 min on 2 CPU cores; full: paper scale, for a GPU")
-    p.add_argument("--out", default=None, help="output folder (default: experiments/results/STUDY)")
+    p.add_argument("--budget", default="small", choices=("smoke", "small", "medium", "full"),
+                   help="smoke: seconds (CI); small: minutes to hours on 2 CPU cores (each study's docstring "
+                        "says how long); medium: binarized-mnist only, resumable over sessions (--hours); full: "
+                        "paper scale, for a GPU")
+    p.add_argument("--out", default=None, help="output folder (default: experiments/results/STUDY/BUDGET)")
     p.add_argument("--data-dir", default=None,
                    help="folder with the data files (binarized-mnist: binarized_mnist_*.amat[.gz] and MNIST's IDX "
                         "files, directly or in binarized_mnist/ and mnist/ subfolders, e.g. ../shared/data; "
@@ -43,12 +49,14 @@ def main(argv=None) -> int:
     p.add_argument("--download", action="store_true",
                    help="download missing data files into --data-dir (needs internet)")
     args = parser.parse_args(argv)
-    out = Path(args.out) if args.out else RESULTS / args.study
+    if args.budget not in STUDIES[args.study].BUDGETS:
+        parser.error(f"study {args.study} has budgets {', '.join(STUDIES[args.study].BUDGETS)}, not {args.budget}")
+    out = Path(args.out) if args.out else RESULTS / args.study / args.budget
     command = "python -m experiments " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     try:
         table = STUDIES[args.study].run(args.budget, out, command, git_revision(), data_dir=args.data_dir,
                                         download=args.download)
-    except DataError as exc:
+    except (DataError, StudyError) as exc:
         print(f"python -m experiments: {exc}", file=sys.stderr)
         return 2
     print((out / "table.md").read_text())

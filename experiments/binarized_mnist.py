@@ -95,11 +95,11 @@ def run(budget_name: str, out_dir: Path, command: str, revision: str, data_dir: 
                                            "50000/10000/10000 split); dynamic = MNIST resampled every epoch")
                    + "\n\nThe published column is for the paper-scale budget (3280 epochs), not ours. Sources:\n"
                    + "".join(f"\n* {source}" for source in PUBLISHED_SOURCES))
-    write_table(out_dir, f"Binarized MNIST study ({budget_name} budget)", command, revision, description,
+    write_table(out_dir, f"Binarized MNIST study ({budget_name} budget)", command, description,
                 ("binarization", "objective", "test log p(x)", "published (paper budget)", "active units",
                  "train - test gap", "test ELBO"), rows, records)
     labelled = [dict(r, name=f"{r['group']}: {r['name']}") for r in records]   # the table's row names
-    write_metrics(out_dir, command, revision, budget_name, budget["seeds"], table, labelled)
+    write_metrics(out_dir, command, budget_name, budget["seeds"], table, labelled)
     plot_study(labelled, table, out_dir / "binarized_mnist.png", f"test log p(x), S = {budget['num_samples']} (nats)",
                f"VAE vs IWAE on binarized MNIST ({budget_name} budget)")
     return table

@@ -39,29 +39,92 @@ def evaluation_indices(n_rows: int, eval_points: Optional[int]) -> torch.Tensor:
     return torch.arange(eval_points) * n_rows // eval_points
 
 
+class StudyError(Exception):
+    """A study cannot go on as asked (a kept record made with other settings); the message says what to do."""
+
+
+# Config fields that say where things are or how fast they run, not what is computed: left out of a
+# record's key, so a study moved to another folder, or run with another data folder, keeps its records.
+NOT_IN_KEY = ("out", "data_dir", "download", "compile")
+
+
+def run_settings(config: TrainConfig, **evaluation) -> Dict:
+    """What a run's numbers depend on: every config field but :data:`NOT_IN_KEY`, and the evaluation's
+    settings (budget, seed, S, points), as JSON would store them."""
+    values = {k: v for k, v in config.to_dict().items() if k not in NOT_IN_KEY}
+    return json.loads(json.dumps({"config": values, **evaluation}))
+
+
+def differences(saved: Dict, wanted: Dict) -> List[str]:
+    """``key: saved -> wanted`` for every setting the saved record holds that differs from the wanted one
+    (a record written before records carried settings is compared on what it holds)."""
+    out = [f"{k}: {saved[k]!r} -> {wanted[k]!r}" for k in wanted if k != "config" and k in saved
+           and saved[k] != wanted[k]]
+    old, new = saved.get("config", {}), wanted["config"]
+    old = run_settings(TrainConfig.from_dict({k: v for k, v in old.items() if k in TrainConfig.__dataclass_fields__}))["config"]
+    return out + [f"{k}: {old[k]!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
+
+
+def kept_record(path: Path, settings: Dict) -> Optional[Dict]:
+    """The record at ``path`` when it was made with ``settings`` (saying so: the run is served from it);
+    None when there is none; a :class:`StudyError` naming the differences when it was made with others."""
+    if not path.exists():
+        return None
+    record = json.loads(path.read_text())
+    saved = record.get("settings") or {"config": record.get("config", {}), "seed": record.get("seed"),
+                                       **({"eval_points": record["eval_points"]} if "eval_points" in record else {}),
+                                       **({"train_gap": "strided"} if "train_log_px" in record else {})}
+    changed = differences(saved, settings)
+    if changed:
+        raise StudyError(f"{path} holds a run made with other settings ({'; '.join(changed)}). Delete its folder "
+                         f"to rerun it with these, or pass --out for a separate study.")
+    print(f"served from records: {path} (made at revision {record.get('revision') or 'unknown'}); delete its "
+          f"folder to rerun it", flush=True)
+    return record
+
+
+def random_indices(n_rows: int, count: int, seed: int) -> torch.Tensor:
+    """``[min(count, n_rows)]`` distinct rows drawn at random (seeded, in increasing order): the training
+    points a train/test gap compares with ``count`` test points."""
+    perm = torch.randperm(n_rows, generator=torch.Generator().manual_seed(10_000 + seed))
+    return perm[:count].sort().values
+
+
 def run_one(name: str, seed: int, config: TrainConfig, num_samples: int, out: Path,
-            eval_points: Optional[int] = None, train_gap: bool = False, revision: Optional[str] = None) -> Dict:
+            eval_points: Optional[int] = None, train_gap: Optional[str] = None, revision: Optional[str] = None,
+            budget: Optional[str] = None) -> Dict:
     """Train ``config`` into ``out`` (resuming a stopped run, skipping a finished one) and estimate the
     best model's test log p(x) with S = ``num_samples`` on ``eval_points`` test points spread evenly over
     the test set (:func:`evaluation_indices`; all by default); with ``train_gap``, also on as many training
-    points, chosen the same way (the train/test gap; the Burda et al. overfitting measure).  ``revision``
-    (the code's git revision) is stored in the record, so a table rebuilt later from kept runs still says
-    which code made its numbers."""
+    points (the train/test gap, the Burda et al. overfitting measure), ``"random"``: drawn at random (seeded
+    by ``seed``, :func:`random_indices`), ``"strided"``: spread evenly over the training set.
+    ``revision`` (the code's git revision) is stored in the record, so a table rebuilt later from kept runs
+    still says which code made its numbers.
+
+    The record is keyed by its settings (:func:`run_settings`: ``budget``, seed, every config field, S and
+    the points): a kept record made with these is returned as it is (and the run said to be served from
+    records); one made with other settings is an error, never silently reused."""
     record_path = out / "record.json"
-    if record_path.exists():
-        return json.loads(record_path.read_text())
+    settings = run_settings(config, budget=budget, seed=seed, num_samples=num_samples, eval_points=eval_points,
+                            train_gap=train_gap)
+    record = kept_record(record_path, settings)
+    if record is not None:
+        return record
     if not (out / SUMMARY).exists():
         train(config, resume=(out / CHECKPOINT).exists(), progress=False, figures=False)
     vae, config = load_vae(out)
     data = load_dataset(config.dataset, config.data_dir, config.resolved_binarize(), config.valid_size, config.seed,
                         config.download)
-    record = {"name": name, "seed": seed, "revision": revision, "config": config.to_dict(),
+    record = {"name": name, "seed": seed, "revision": revision, "machine": machine(), "settings": settings,
+              "config": config.to_dict(),
               "train_summary": json.loads((out / SUMMARY).read_text())}
     # training points as the model saw them in its first epoch (dynamic binarization resamples them)
     train_points = data.train_epoch(0, config.seed) if data.binarize == "dynamic" else data.train
-    splits = [("test", data.test)] + ([("train", train_points)] if train_gap else [])
+    x_test = data.test[evaluation_indices(len(data.test), eval_points)]
+    pick = random_indices if train_gap == "random" else lambda n, m, _: evaluation_indices(n, m)
+    splits = [("test", x_test)] + ([("train", train_points[pick(len(train_points), len(x_test), seed)])]
+                                   if train_gap else [])
     for split, x in splits:
-        x = x[evaluation_indices(len(x), eval_points)]
         torch.manual_seed(seed)
         result = evaluate(vae.model, vae.guide, x, num_samples=num_samples)
         prefix = "" if split == "test" else "train_"
@@ -113,19 +176,35 @@ def plot_study(records: List[Dict], table: Dict, path: Path, ylabel: str, title:
     save_figure(fig, path, tight=True)
 
 
-def write_table(out_dir: Path, title: str, command: str, revision: str, description: str, columns, rows,
+def run_revisions(records: Iterable[Dict]) -> List[str]:
+    """The git revisions that made the runs of a table, in order (a table is a function of its records, so
+    running a study again from kept records writes the same files)."""
+    return sorted({r.get("revision") or "unknown" for r in records})
+
+
+def write_table(out_dir: Path, title: str, command: str, description: str, columns, rows,
                 records: Iterable[Dict] = ()) -> None:
-    """``table.md``: a title, the command and revision that wrote it (and those that made its runs, when
-    kept runs from earlier invocations were reused), what was measured, and a markdown table."""
-    run_revisions = sorted({r["revision"] for r in records if r.get("revision")} - {revision})
-    made = f"; runs kept from revision(s) {', '.join(f'`{r}`' for r in run_revisions)}" if run_revisions else ""
-    lines = [f"# {title}", "", f"Command: `{command}`  ", f"Revision: `{revision}`{made}  ", description, "",
+    """``table.md``: a title, the command that wrote it and the revisions that made its runs, what was
+    measured, and a markdown table."""
+    revisions = ", ".join(f"`{r}`" for r in run_revisions(records))
+    lines = [f"# {title}", "", f"Command: `{command}`  ", f"Runs made at revision(s): {revisions}  ", description, "",
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     (out_dir / "table.md").write_text("\n".join(lines) + "\n")
 
 
-def write_metrics(out_dir: Path, command: str, revision: str, budget_name: str, seeds, table, records) -> None:
-    (out_dir / "metrics.json").write_text(json.dumps({"command": command, "revision": revision,
+def write_metrics(out_dir: Path, command: str, budget_name: str, seeds, table, records) -> None:
+    (out_dir / "metrics.json").write_text(json.dumps({"command": command, "revisions": run_revisions(records),
+                                                      "machines": sorted({r.get("machine") or "unknown" for r in records}),
                                                       "budget": budget_name, "seeds": seeds,
                                                       "summary": table, "runs": records}, indent=1) + "\n")
+
+
+def machine() -> str:
+    """The machine the study ran on, for its metrics: processor, core count, torch and Pyro versions."""
+    import os
+    import platform
+
+    import pyro
+    return (f"{platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"pyro {pyro.__version__}, python {platform.python_version()}").replace("  ", " ")

@@ -60,7 +60,8 @@ def run_slug(name: str) -> str:
 
 
 def train_and_evaluate(budget: Dict, out_dir: Path, names: Dict[str, Dict], revision: str,
-                       extra: Optional[Dict] = None, group: Optional[str] = None) -> List[Dict]:
+                       extra: Optional[Dict] = None, group: Optional[str] = None,
+                       budget_name: Optional[str] = None) -> List[Dict]:
     """Every (seed, objective) run of ``budget``: train (resumably), then log p(x) on test and training
     points.  ``extra`` overrides the budget's training settings (data set, data folder); ``group`` tags
     the records and prefixes the run folders (one study comparing several data sets)."""
@@ -70,7 +71,8 @@ def train_and_evaluate(budget: Dict, out_dir: Path, names: Dict[str, Dict], revi
             run_dir = out_dir / "runs" / ((f"{group}-" if group else "") + run_slug(name) + f"-seed{seed}")
             config = TrainConfig(seed=seed, out=str(run_dir), **{**budget["train"], **(extra or {}), **objective})
             record = run_one(name, seed, config, budget["num_samples"], run_dir,
-                             eval_points=budget["eval_points"], train_gap=True, revision=revision)
+                             eval_points=budget["eval_points"], train_gap=budget.get("train_gap", "strided"),
+                             revision=revision, budget=budget_name)
             record["gap"] = record["train_log_px"] - record["log_px"]
             if group:
                 record["group"] = group
@@ -95,7 +97,8 @@ def run(budget_name: str, out_dir: Path, command: str, revision: str, data_dir: 
     budget = BUDGETS[budget_name]
     out_dir.mkdir(parents=True, exist_ok=True)
     names = variants(budget["ks"], budget.get("two_layer_args"))
-    records = train_and_evaluate(budget, out_dir, names, revision, extra=data_settings(data_dir, download))
+    records = train_and_evaluate(budget, out_dir, names, revision, extra=data_settings(data_dir, download),
+                                 budget_name=budget_name)
     table = summarize(records, names, keys=("log_px", "elbo", "gap", "active_units"))
     data = budget["train"]["dataset"]
     rows = [(name, format_mean_se(row['log_px']), f"{row['elbo'][0]:.2f}",
@@ -107,9 +110,9 @@ def run(budget_name: str, out_dir: Path, command: str, revision: str, data_dir: 
         description += (f" 2-layer rows: `{TWO_LAYER}`, two stochastic layers z2 -> z1 -> x (784-(200,200)-100-"
                         f"(100,100)-50, tanh{changed}); their active units count the units of z1 and z2 "
                         f"together, with E_q[z2 | x] averaged over draws of z1.")
-    write_table(out_dir, f"Estimator study ({budget_name} budget)", command, revision, description,
+    write_table(out_dir, f"Estimator study ({budget_name} budget)", command, description,
                 ("objective", "test log p(x)", "test ELBO", "train - test gap", "active units"), rows, records)
-    write_metrics(out_dir, command, revision, budget_name, budget["seeds"], table, records)
+    write_metrics(out_dir, command, budget_name, budget["seeds"], table, records)
     plot_study(records, table, out_dir / "estimators.png", f"test log p(x), S = {budget['num_samples']} (nats)",
                f"VAE vs IWAE on {data} ({budget_name} budget)")
     return table

@@ -28,7 +28,9 @@ from pyro_vae.factory import load_vae
 from pyro_vae.gaps import ROWS
 from pyro_vae.launch import train
 
-from .common import format_mean_se, mean_se, write_metrics, write_table
+from .common import (data_settings, evaluation_indices, format_mean_se, kept_record, machine, mean_se,
+                     run_settings,
+                     write_metrics, write_table)
 
 OBJECTIVES = {"VAE": dict(loss="elbo", num_particles=1), "IWAE k=5": dict(loss="iwae", num_particles=5)}
 MNIST_NETWORK = dict(dataset="binarized-mnist", binarize="none", hidden=(200, 200), latent_dim=50,
@@ -52,24 +54,22 @@ BUDGETS: Dict[str, Dict] = {
 EXTRA = ("bdmc_gap", "bdmc_lower", "bdmc_upper")
 
 
-def strided(x: torch.Tensor, count: int) -> torch.Tensor:
-    """``count`` points spread evenly through ``x`` (never the first ``count``: a test file may be sorted)."""
-    return x[torch.linspace(0, x.shape[0] - 1, min(count, x.shape[0])).round().long()]
-
-
 def run_one(name: str, seed: int, budget: Dict, out: Path, revision: str, data_dir: Optional[str],
-            download: bool = False) -> Dict:
+            download: bool = False, budget_name: Optional[str] = None) -> Dict:
     record_path = out / "record.json"
-    if record_path.exists():
-        return json.loads(record_path.read_text())
-    extra = {**({"data_dir": data_dir} if data_dir else {}), **({"download": True} if download else {})}
-    config = TrainConfig(seed=seed, out=str(out), **{**budget["train"], **extra, **OBJECTIVES[name]})
+    config = TrainConfig(seed=seed, out=str(out), **{**budget["train"], **data_settings(data_dir, download),
+                                                     **OBJECTIVES[name]})
+    evaluation = {k: v for k, v in budget.items() if k not in ("train", "seeds")}
+    settings = run_settings(config, budget=budget_name, seed=seed, **evaluation)
+    kept = kept_record(record_path, settings)
+    if kept is not None:
+        return kept
     if not (out / SUMMARY).exists():
         train(config, resume=(out / CHECKPOINT).exists(), progress=False, figures=False)
     vae, config = load_vae(out)
     data = load_dataset(config.dataset, config.data_dir, config.resolved_binarize(), config.valid_size, config.seed,
                         download=config.download)
-    x = strided(data.test, budget["eval_points"])
+    x = data.test[evaluation_indices(len(data.test), budget["eval_points"])]
     torch.manual_seed(seed)
     gaps = inference_gaps(vae.model, vae.guide, x, num_samples=budget["num_samples"],
                           elbo_samples=budget["elbo_samples"], ais_steps=budget["ais_steps"],
@@ -78,7 +78,7 @@ def run_one(name: str, seed: int, budget: Dict, out: Path, revision: str, data_d
     sandwich = bdmc(vae.model, vae.guide, budget["bdmc_points"], like=x[:1], num_steps=[budget["ais_steps"]],
                     num_chains=budget["num_chains"], leapfrog_steps=budget["leapfrog_steps"], num_samples=0)
     bounds = sandwich.bounds[-1]
-    record = {"name": name, "seed": seed, "revision": revision, "config": config.to_dict(),
+    record = {"name": name, "seed": seed, "revision": revision, "machine": machine(), "settings": settings, "config": config.to_dict(),
               "eval_points": x.shape[0], **gaps.means, "stderrs": gaps.stderrs, "mc_stderrs": gaps.mc_stderrs,
               "optimal_steps": gaps.optimal_steps, "converged": gaps.converged,
               "bdmc_gap": bounds.gap_mean, "bdmc_gap_stderr": bounds.gap_stderr, "bdmc_lower": bounds.lower_mean,
@@ -101,7 +101,7 @@ def run(budget_name: str, out_dir: Path, command: str, revision: str, data_dir: 
     for seed in budget["seeds"]:
         for name in OBJECTIVES:
             run_dir = out_dir / "runs" / f"{name.replace(' ', '_').replace('=', '')}-seed{seed}"
-            record = run_one(name, seed, budget, run_dir, revision, data_dir, download)
+            record = run_one(name, seed, budget, run_dir, revision, data_dir, download, budget_name)
             records.append(record)
             print(f"{name:<9s} seed {seed}: log p(x) {record['log_px']:.2f}, IWAE {record['iwae']:.2f}, ELBO "
                   f"{record['elbo']:.2f}, gaps: approximation {record['approximation_gap']:.2f}, amortization "
@@ -122,9 +122,9 @@ def run(budget_name: str, out_dir: Path, command: str, revision: str, data_dir: 
                    f"{budget['optimal_steps']} Adam steps from the encoder's output) and under q ({budget['elbo_samples']} "
                    f"draws each); the gaps are paired per point. Last row: BDMC on points simulated from the model. "
                    f"Mean ± standard error over seeds (nats, per point).")
-    write_table(out_dir, f"Inference gaps ({budget_name} budget)", command, revision, description,
+    write_table(out_dir, f"Inference gaps ({budget_name} budget)", command, description,
                 ["", *OBJECTIVES], rows, records)
-    write_metrics(out_dir, command, revision, budget_name, budget["seeds"], table, records)
+    write_metrics(out_dir, command, budget_name, budget["seeds"], table, records)
     names = list(OBJECTIVES)
     plot_inference_gaps(names, [table[n]["approximation_gap"][0] for n in names],
                         [table[n]["amortization_gap"][0] for n in names], out_dir / "gaps.png",

@@ -33,15 +33,15 @@ BUDGETS: Dict[str, Dict] = {
 }
 
 
-def write_outputs(records, table, budget_name, budget, out_dir: Path, command: str, revision: str) -> None:
+def write_outputs(records, table, budget_name, budget, out_dir: Path, command: str) -> None:
     description = (f"Data: {budget['train'].get('dataset', 'digits')}; seeds {budget['seeds']}; "
                    f"test log p(x) by importance sampling with S = {budget['num_samples']}; "
                    f"mean ± standard error over seeds (nats, higher is better).")
     rows = [(prior, budget["components"].get(prior, "-"), format_mean_se(row['log_px']),
              f"{row['elbo'][0]:.2f}", f"{row['active_units'][0]:.1f}") for prior, row in table.items()]
-    write_table(out_dir, f"Prior study ({budget_name} budget)", command, revision, description,
+    write_table(out_dir, f"Prior study ({budget_name} budget)", command, description,
                 ("prior", "components", "test log p(x)", "test ELBO", "active units"), rows, records)
-    write_metrics(out_dir, command, revision, budget_name, budget["seeds"], table, records)
+    write_metrics(out_dir, command, budget_name, budget["seeds"], table, records)
     plot_study(records, table, out_dir / "priors.png", f"test log p(x), S = {budget['num_samples']} (nats)",
                f"Priors on {budget['train'].get('dataset', 'digits')} ({budget_name} budget)")
 
@@ -56,11 +56,12 @@ def run(budget_name: str, out_dir: Path, command: str, revision: str, data_dir: 
             run_dir = out_dir / "runs" / f"{prior}-seed{seed}"
             config = TrainConfig(prior=prior, prior_components=budget["components"].get(prior, 10), seed=seed,
                                  out=str(run_dir), **budget["train"], **data_settings(data_dir, download))
-            record = run_one(prior, seed, config, budget["num_samples"], run_dir, revision=revision)
+            record = run_one(prior, seed, config, budget["num_samples"], run_dir, revision=revision,
+                             budget=budget_name)
             record.setdefault("name", record.get("prior", prior))
             records.append(record)
             print(f"{prior:<9s} seed {seed}: test log p(x) = {record['log_px']:.2f} ± {record['log_px_se']:.2f}",
                   flush=True)
     table = summarize(records, PRIORS)
-    write_outputs(records, table, budget_name, budget, out_dir, command, revision)
+    write_outputs(records, table, budget_name, budget, out_dir, command)
     return table

@@ -15,16 +15,50 @@ def test_prior_study_smoke_writes_table_metrics_and_plot_and_resumes(tmp_path, c
         assert f"| {prior} |" in table
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["command"].startswith("python -m experiments run priors --budget smoke")
-    assert metrics["seeds"] == [0] and metrics["revision"]
+    assert metrics["seeds"] == [0] and len(metrics["revisions"]) == 1 and metrics["machines"][0].count("cores")
     assert {r["name"] for r in metrics["runs"]} == {"standard", "mog", "vamp"}
-    assert all(r["revision"] == metrics["revision"] for r in metrics["runs"])   # which code made each run
+    assert all(r["revision"] == metrics["revisions"][0] for r in metrics["runs"])   # which code made each run
     assert all(-70 < r["log_px"] < -20 and r["elbo"] <= r["log_px"] + 0.5 for r in metrics["runs"])
     assert (out / "priors.png").stat().st_size > 1000
     # a second run reuses every finished run instead of training again
     records = sorted(out.glob("runs/*/record.json"))
     stamps = [p.stat().st_mtime_ns for p in records]
+    files = {name: (out / name).read_bytes() for name in ("table.md", "metrics.json")}
+    capsys.readouterr()
     assert main(["run", "priors", "--budget", "smoke", "--out", str(out)]) == 0
     assert [p.stat().st_mtime_ns for p in records] == stamps
+    # ... says so, and writes the same table (its revision line names the runs' revisions, not today's)
+    assert capsys.readouterr().out.count("served from records") == 3
+    assert {name: (out / name).read_bytes() for name in files} == files
+
+
+def test_each_budget_writes_its_own_folder(tmp_path, monkeypatch):
+    """A smoke run must never rewrite another budget's committed table (it once served small's records
+    under a smoke header)."""
+    import experiments.__main__ as runner
+    monkeypatch.setattr(runner, "RESULTS", tmp_path)
+    assert main(["run", "priors", "--budget", "smoke"]) == 0
+    assert (tmp_path / "priors" / "smoke" / "table.md").exists()
+    assert not (tmp_path / "priors" / "table.md").exists() and not (tmp_path / "priors" / "small").exists()
+
+
+def test_a_record_made_with_other_settings_is_refused(tmp_path, monkeypatch, capsys):
+    import experiments.priors as priors
+    out = tmp_path / "priors"
+    assert main(["run", "priors", "--budget", "smoke", "--out", str(out)]) == 0
+    smoke = priors.BUDGETS["smoke"]
+    monkeypatch.setitem(priors.BUDGETS, "smoke", dict(smoke, num_samples=30, train=dict(smoke["train"], epochs=2)))
+    capsys.readouterr()
+    assert main(["run", "priors", "--budget", "smoke", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "num_samples: 20 -> 30" in err and "epochs: 1 -> 2" in err and "Delete its folder" in err
+    # a record from before records carried settings is compared on what it holds: its config
+    record_path = next(out.glob("runs/*/record.json"))
+    record = json.loads(record_path.read_text())
+    del record["settings"]
+    record_path.write_text(json.dumps(record))
+    assert main(["run", "priors", "--budget", "smoke", "--out", str(out)]) == 2
+    assert "epochs: 1 -> 2" in capsys.readouterr().err
 
 
 def test_estimator_study_smoke_reports_gap_and_active_units(tmp_path):
@@ -82,7 +116,7 @@ def test_data_dir_and_download_flags_reach_the_run_configs(tmp_path, monkeypatch
     from experiments import binarized_mnist, estimators, priors
     seen = []
 
-    def capture_extra(budget, out_dir, names, revision, extra=None, group=None):
+    def capture_extra(budget, out_dir, names, revision, extra=None, group=None, budget_name=None):
         seen.append(TrainConfig(**{**budget["train"], **(extra or {})}))
         raise _Stop
 
