@@ -48,14 +48,25 @@ def main(argv=None) -> int:
                         "default: pyro_vae's data folder)")
     p.add_argument("--download", action="store_true",
                    help="download missing data files into --data-dir (needs internet)")
+    p.add_argument("--hours", type=float, default=None,
+                   help="binarized-mnist --budget medium: hours of training this invocation (it resumes where the "
+                        "last one stopped; 0 only scores and tabulates)")
+    p.add_argument("--rows", default=None,
+                   help="binarized-mnist --budget medium: train only these runs this invocation, by folder name "
+                        "without the seed, comma-separated (e.g. static-VAE_k1,static-IWAE_k5); the table keeps all")
     args = parser.parse_args(argv)
     if args.budget not in STUDIES[args.study].BUDGETS:
         parser.error(f"study {args.study} has budgets {', '.join(STUDIES[args.study].BUDGETS)}, not {args.budget}")
     out = Path(args.out) if args.out else RESULTS / args.study / args.budget
     command = "python -m experiments " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     try:
+        hours = {} if args.hours is None else {"hours": args.hours}
+        hours.update({"rows": args.rows.split(",")} if args.rows else {})
+        if hours and "target_epochs" not in STUDIES[args.study].BUDGETS[args.budget]:
+            parser.error("--hours and --rows are for a study trained in stages across sessions (binarized-mnist "
+                         "--budget medium)")
         table = STUDIES[args.study].run(args.budget, out, command, git_revision(), data_dir=args.data_dir,
-                                        download=args.download)
+                                        download=args.download, **hours)
     except (DataError, StudyError) as exc:
         print(f"python -m experiments: {exc}", file=sys.stderr)
         return 2

@@ -8,7 +8,7 @@ from typing import Dict, Iterable, List, Optional
 
 import torch
 
-from pyro_vae.data import load_dataset
+from pyro_vae.data import evaluation_indices, load_dataset
 from pyro_vae.evaluation import evaluate
 from pyro_vae.checkpoint import CHECKPOINT, SUMMARY
 from pyro_vae.config import TrainConfig
@@ -20,23 +20,6 @@ def data_settings(data_dir: Optional[str] = None, download: bool = False) -> Dic
     """The data settings a study passes on to every run's config: only those given, so runs made without
     them keep their configs."""
     return {**({"data_dir": data_dir} if data_dir else {}), **({"download": True} if download else {})}
-
-
-def evaluation_indices(n_rows: int, eval_points: Optional[int]) -> torch.Tensor:
-    """Which of ``n_rows`` points to evaluate: ``eval_points`` of them spread evenly over the whole split,
-    rows ``(i * n_rows) // eval_points`` for ``i < eval_points`` (every (n_rows / eval_points)-th row), or all
-    rows when ``eval_points`` is None or not smaller than ``n_rows``.
-
-    Never the first ``eval_points``: a split sorted by class would be measured on one class. Larochelle's
-    binarized-MNIST test file is sorted by digit (its first 1000 rows are zeros, whose log p(x) is several
-    nats higher than the average digit's).
-
-    Returns:
-        ``[M]`` int64 indices, increasing, ``M = min(eval_points, n_rows)``.
-    """
-    if eval_points is None or eval_points >= n_rows:
-        return torch.arange(n_rows)
-    return torch.arange(eval_points) * n_rows // eval_points
 
 
 class StudyError(Exception):
@@ -61,8 +44,9 @@ def differences(saved: Dict, wanted: Dict) -> List[str]:
     out = [f"{k}: {saved[k]!r} -> {wanted[k]!r}" for k in wanted if k != "config" and k in saved
            and saved[k] != wanted[k]]
     old, new = saved.get("config", {}), wanted["config"]
-    old = run_settings(TrainConfig.from_dict({k: v for k, v in old.items() if k in TrainConfig.__dataclass_fields__}))["config"]
-    return out + [f"{k}: {old[k]!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
+    known = {k: v for k, v in old.items() if k in TrainConfig.__dataclass_fields__}
+    old = run_settings(TrainConfig.from_dict(known))["config"]             # as today's config would store it
+    return out + [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
 
 
 def kept_record(path: Path, settings: Dict) -> Optional[Dict]:
@@ -92,48 +76,56 @@ def random_indices(n_rows: int, count: int, seed: int) -> torch.Tensor:
 
 def run_one(name: str, seed: int, config: TrainConfig, num_samples: int, out: Path,
             eval_points: Optional[int] = None, train_gap: Optional[str] = None, revision: Optional[str] = None,
-            budget: Optional[str] = None) -> Dict:
-    """Train ``config`` into ``out`` (resuming a stopped run, skipping a finished one) and estimate the
-    best model's test log p(x) with S = ``num_samples`` on ``eval_points`` test points spread evenly over
-    the test set (:func:`evaluation_indices`; all by default); with ``train_gap``, also on as many training
-    points (the train/test gap, the Burda et al. overfitting measure), ``"random"``: drawn at random (seeded
-    by ``seed``, :func:`random_indices`), ``"strided"``: spread evenly over the training set.
-    ``revision`` (the code's git revision) is stored in the record, so a table rebuilt later from kept runs
-    still says which code made its numbers.
+            budget: Optional[str] = None, gap_points: Optional[int] = None) -> Dict:
+    """Train ``config`` into ``out`` (resuming a stopped run, skipping a finished one) and score its best
+    model (:func:`score`).  ``revision`` (the code's git revision) is stored in the record, so a table rebuilt
+    later from kept runs still says which code made its numbers.
 
     The record is keyed by its settings (:func:`run_settings`: ``budget``, seed, every config field, S and
     the points): a kept record made with these is returned as it is (and the run said to be served from
     records); one made with other settings is an error, never silently reused."""
     record_path = out / "record.json"
     settings = run_settings(config, budget=budget, seed=seed, num_samples=num_samples, eval_points=eval_points,
-                            train_gap=train_gap)
+                            train_gap=train_gap, **({"gap_points": gap_points} if gap_points else {}))
     record = kept_record(record_path, settings)
     if record is not None:
         return record
     if not (out / SUMMARY).exists():
         train(config, resume=(out / CHECKPOINT).exists(), progress=False, figures=False)
     vae, config = load_vae(out)
+    record = {"name": name, "seed": seed, "revision": revision, "machine": machine(), "settings": settings,
+              "config": config.to_dict(), "train_summary": json.loads((out / SUMMARY).read_text()),
+              **score(vae, config, num_samples, eval_points, train_gap, gap_points)}
+    record_path.write_text(json.dumps(record, indent=1) + "\n")
+    return record
+
+
+def score(vae, config: TrainConfig, num_samples: int, eval_points: Optional[int] = None,
+          train_gap: Optional[str] = None, gap_points: Optional[int] = None) -> Dict:
+    """Test log p(x) of a trained model by importance sampling with S = ``num_samples`` on ``eval_points``
+    test points spread evenly over the test set (:func:`evaluation_indices`; all by default), with its
+    standard error over points, the ELBO, the IWAE_k curve and the active units; with ``train_gap``, also on
+    ``gap_points`` training points (default: as many as test points; the train/test gap, the Burda et al.
+    overfitting measure): ``"random"`` draws them at random (seeded by the config's seed,
+    :func:`random_indices`), ``"strided"`` spreads them evenly over the training set."""
     data = load_dataset(config.dataset, config.data_dir, config.resolved_binarize(), config.valid_size, config.seed,
                         config.download)
-    record = {"name": name, "seed": seed, "revision": revision, "machine": machine(), "settings": settings,
-              "config": config.to_dict(),
-              "train_summary": json.loads((out / SUMMARY).read_text())}
     # training points as the model saw them in its first epoch (dynamic binarization resamples them)
     train_points = data.train_epoch(0, config.seed) if data.binarize == "dynamic" else data.train
     x_test = data.test[evaluation_indices(len(data.test), eval_points)]
+    count = gap_points or len(x_test)
     pick = random_indices if train_gap == "random" else lambda n, m, _: evaluation_indices(n, m)
-    splits = [("test", x_test)] + ([("train", train_points[pick(len(train_points), len(x_test), seed)])]
+    splits = [("test", x_test)] + ([("train", train_points[pick(len(train_points), count, config.seed)])]
                                    if train_gap else [])
+    record = {}
     for split, x in splits:
-        torch.manual_seed(seed)
-        result = evaluate(vae.model, vae.guide, x, num_samples=num_samples)
+        torch.manual_seed(config.seed)
+        result = evaluate(vae.model, vae.guide, x, num_samples=num_samples, progress=len(x) * num_samples > 10 ** 6)
         prefix = "" if split == "test" else "train_"
         record.update({prefix + "log_px": result.mean, prefix + "log_px_se": result.stderr,
                        prefix + "elbo": result.elbo})
         if split == "test":
-            record.update(active_units=result.active_units, iwae_curve=result.iwae_curve,
-                          eval_points=len(x))
-    record_path.write_text(json.dumps(record, indent=1) + "\n")
+            record.update(active_units=result.active_units, iwae_curve=result.iwae_curve, eval_points=len(x))
     return record
 
 

@@ -23,12 +23,12 @@ import torch
 from pyro_vae import bdmc, inference_gaps
 from pyro_vae.checkpoint import CHECKPOINT, SUMMARY
 from pyro_vae.config import TrainConfig
-from pyro_vae.data import load_dataset
+from pyro_vae.data import evaluation_indices, load_dataset
 from pyro_vae.factory import load_vae
 from pyro_vae.gaps import ROWS
 from pyro_vae.launch import train
 
-from .common import (data_settings, evaluation_indices, format_mean_se, kept_record, machine, mean_se,
+from .common import (data_settings, format_mean_se, kept_record, machine, mean_se,
                      run_settings,
                      write_metrics, write_table)
 

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from .contract import uses_labels
-from .data import load_dataset
+from .data import evaluation_indices, load_dataset
 from .checkpoint import load_checkpoint
 from .devices import resolve_device
 from .cli_train import int_list, positive_int
@@ -81,7 +81,9 @@ def _cmd_reconstruct(args, argv) -> int:
 
 
 def _evaluation_inputs(args):
-    """The checkpoint's model on ``--device`` and the points of ``--split`` (the first ``--num``), with labels."""
+    """The checkpoint's model on ``--device`` and the points of ``--split`` (``--num`` of them spread evenly
+    over it, :func:`~pyro_vae.data.evaluation_indices`: a split sorted by class, like Larochelle's binarized-MNIST
+    test file, is never measured on its first class), with labels and the points' indices in the split."""
     device = resolve_device(args.device)
     vae, config = load_vae(args.checkpoint, map_location=str(device))
     vae = vae.to(device)
@@ -90,11 +92,10 @@ def _evaluation_inputs(args):
     if args.split == "train" and data.binarize == "dynamic":
         raise ValueError("the train split is re-binarized every epoch (dynamic binarization); evaluate on "
                          "valid or test, which are binarized once")
-    x, labels = data.split(args.split).to(device), data.labels(args.split)
-    if getattr(args, "num", None) is not None:
-        x, labels = x[: args.num], (labels[: args.num] if labels is not None else None)
-    labels = labels.to(device) if labels is not None else None
-    return vae, x, labels
+    x, labels = data.split(args.split), data.labels(args.split)
+    index = evaluation_indices(len(x), getattr(args, "num", None))
+    x, labels = x[index].to(device), (labels[index].to(device) if labels is not None else None)
+    return vae, x, labels, index
 
 
 def _output_folder(args) -> Path:
@@ -110,7 +111,7 @@ def _cmd_evaluate(args, argv) -> int:
     from .evaluation import JointLogLikelihood, evaluate
     if args.gaps or args.method == "ais":
         return _cmd_evaluate_ais(args)
-    vae, x, labels = _evaluation_inputs(args)
+    vae, x, labels, index = _evaluation_inputs(args)
     torch.manual_seed(args.seed)
     summary = evaluate(vae.model, vae.guide, x, num_samples=args.num_samples, particle_chunk=args.particle_chunk,
                        batch_size=args.batch_size, progress=not args.no_progress, globals=args.globals,
@@ -138,7 +139,7 @@ def _cmd_evaluate(args, argv) -> int:
                   f"(Cov_x E_q[z_d | x] > 0.01)")
     path = _output_folder(args) / f"evaluation_{args.split}.json"
     record = {"checkpoint": str(args.checkpoint), "split": args.split, "seed": args.seed,
-              "num_points": len(x), **summary.to_dict()}
+              "num_points": len(x), "indices": index.tolist(), **summary.to_dict()}
     path.write_text(json.dumps(record, indent=1) + "\n")
     print(f"wrote {path}")
     return 0
@@ -151,12 +152,13 @@ def _cmd_evaluate_ais(args) -> int:
     from .bound_plots import plot_inference_gaps
     if args.globals:
         raise ValueError("--globals is for --method is; AIS and the gap decomposition need per-point latents only")
-    vae, x, labels = _evaluation_inputs(args)
+    vae, x, labels, index = _evaluation_inputs(args)
     torch.manual_seed(args.seed)
     settings = dict(num_chains=args.chains, leapfrog_steps=args.leapfrog_steps, batch_size=args.batch_size,
                     progress=not args.no_progress, **_labels_for(vae, labels))
     out = _output_folder(args)
-    record = {"checkpoint": str(args.checkpoint), "split": args.split, "seed": args.seed, "num_points": len(x)}
+    record = {"checkpoint": str(args.checkpoint), "split": args.split, "seed": args.seed, "num_points": len(x),
+              "indices": index.tolist()}
     if args.gaps:
         result = inference_gaps(vae.model, vae.guide, x, num_samples=args.num_samples, ais_steps=args.ais_steps,
                                 optimal_steps=args.optimal_steps, **settings)
@@ -185,7 +187,7 @@ def _cmd_bdmc(args, argv) -> int:
     from .bdmc import bdmc
     from .bound_plots import plot_bdmc_bounds
     args.num = 1
-    vae, x, _ = _evaluation_inputs(args)               # one point: the simulated data's shape, dtype and device
+    vae, x, _, _ = _evaluation_inputs(args)            # one point: the simulated data's shape, dtype and device
     if uses_labels(vae):
         raise ValueError(f"{type(vae).__name__} is conditional on labels; bdmc simulates unlabelled data only")
     torch.manual_seed(args.seed)
@@ -251,7 +253,9 @@ def add_model_commands(sub) -> None:
                    help="which split to evaluate (default: %(default)s)")
     p.add_argument("--num-samples", type=positive_int, default=5000,
                    help="S, importance samples per data point (default: %(default)s, as in the IWAE paper)")
-    p.add_argument("--num", type=positive_int, default=None, help="evaluate only the first NUM points of the split")
+    p.add_argument("--num", type=positive_int, default=None, 
+                   help="evaluate NUM points spread evenly over the split (every (N / NUM)-th; never the first "
+                        "NUM: a split may be sorted by class); default: all")
     p.add_argument("--particle-chunk", type=positive_int, default=500,
                    help="samples drawn at once; memory grows with chunk x batch (default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=100,

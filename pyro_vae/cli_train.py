@@ -129,7 +129,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--batch-size", type=int, default=d.batch_size, help="minibatch size (default: %(default)s)")
     g.add_argument("--lr", type=float, default=d.lr, help="Adam learning rate (default: %(default)s)")
     g.add_argument("--lr-schedule", default=d.lr_schedule, choices=LR_SCHEDULES,
-                   help="none, exponential (x lr-gamma per epoch) or cosine (to 0 at --epochs) "
+                   help="none, exponential (x lr-gamma per epoch), cosine (to 0 at --epochs) or iwae (the IWAE "
+                        "paper's: 3^i epochs at lr x 10^(-i/7) for i = 0..7, 3280 epochs in all) "
                         "(default: %(default)s)")
     g.add_argument("--lr-gamma", type=float, default=d.lr_gamma,
                    help="per-epoch factor of the exponential schedule (default: %(default)s)")

@@ -24,7 +24,7 @@ from typing import Any, Dict, Optional, Tuple
 from .data import BINARIZE_MODES
 from .devices import DEVICE_HELP, valid_device_name
 
-LR_SCHEDULES = ("none", "exponential", "cosine")
+LR_SCHEDULES = ("none", "exponential", "cosine", "iwae")
 # Changing these between a run and its --resume cannot corrupt the saved state.
 RESUMABLE_CHANGES = ("epochs", "patience", "out", "device", "data_dir", "download", "eval_batch_size", "clip_norm",
                      "devices", "compile")
@@ -67,6 +67,7 @@ class TrainConfig:
     batch_size: int = 100
     lr: float = 1e-3                 # Adam's usual default; stable for every likelihood here
     lr_schedule: str = "none"        # none | exponential (x lr_gamma per epoch) | cosine (to 0 at `epochs`)
+                                     # | iwae (the IWAE paper's: 3^i epochs at lr * 10^(-i/7), i = 0..7)
     lr_gamma: float = 0.99
     clip_norm: float = 0.0           # global gradient-norm clipping; 0 disables it
     warmup_epochs: float = 0.0       # KL warm-up length; 0 disables it

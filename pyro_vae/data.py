@@ -322,6 +322,23 @@ def _to_dataset(name: str, arrays: RawSplits, binarize: str) -> Dataset:
     return Dataset(name=name, **split_fields(data, labels), image_shape=arrays.image_shape, binarize=binarize)
 
 
+def evaluation_indices(n_rows: int, eval_points: Optional[int]) -> torch.Tensor:
+    """Which of ``n_rows`` points to evaluate: ``eval_points`` of them spread evenly over the whole split,
+    rows ``(i * n_rows) // eval_points`` for ``i < eval_points`` (every (n_rows / eval_points)-th row), or all
+    rows when ``eval_points`` is None or not smaller than ``n_rows``.
+
+    Never the first ``eval_points``: a split sorted by class would be measured on one class. Larochelle's
+    binarized-MNIST test file is sorted by digit (its first 1000 rows are zeros, whose log p(x) is several
+    nats higher than the average digit's).
+
+    Returns:
+        ``[M]`` int64 indices, increasing, ``M = min(eval_points, n_rows)``.
+    """
+    if eval_points is None or eval_points >= n_rows:
+        return torch.arange(n_rows)
+    return torch.arange(eval_points) * n_rows // eval_points
+
+
 def chw(image_shape) -> Tuple[int, int, int]:
     """An image shape ``(H, W)`` or ``(C, H, W)`` as ``(C, H, W)``, every size positive; a ``ValueError``
     naming the shape otherwise.  (The one reading of image shapes: networks and figures use it.)"""

@@ -39,7 +39,25 @@ def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> Op
         return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.lr_gamma)
     if config.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    if config.lr_schedule == "iwae":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, iwae_lr_factor)
     return None
+
+
+def iwae_stage(epoch: int) -> int:
+    """The stage i of the IWAE paper's schedule (Burda et al. 2016, sec. 5) that epoch ``epoch`` (0-based)
+    falls in: stage i lasts 3^i epochs, so stages 0..7 end after 1, 4, 13, 40, 121, 364, 1093 and 3280
+    epochs; later epochs stay in stage 7."""
+    stage, end = 0, 1
+    while epoch >= end and stage < 7:
+        stage += 1
+        end += 3 ** stage
+    return stage
+
+
+def iwae_lr_factor(epoch: int) -> float:
+    """The learning rate of the IWAE paper's schedule relative to its first: 10^(-i/7) in stage i."""
+    return 10 ** (-iwae_stage(epoch) / 7)
 
 
 def config_bound_name(config: "TrainConfig") -> str:

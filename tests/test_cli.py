@@ -311,6 +311,9 @@ def test_evaluate_prints_the_headline_and_writes_per_datapoint_json(trained_run,
     mean, se = re.fullmatch(r"log p\(x\) = (-?\d+\.\d\d) ± (\d+\.\d\d) nats", lines[0]).groups()
     record = json.loads((out / "evaluation_test.json").read_text())
     assert record["num_points"] == 40 and record["num_samples"] == 200
+    # --num strides over the split (a split sorted by class must not be measured on its first class)
+    n_test = len(load_dataset("digits").test)
+    assert record["indices"] == [i * n_test // 40 for i in range(40)] and record["indices"][-1] > n_test - n_test // 40 - 1
     per_point = torch.tensor(record["log_likelihood"])
     assert per_point.shape == (40,)
     assert float(mean) == pytest.approx(per_point.mean().item(), abs=0.006)

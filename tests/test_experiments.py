@@ -79,7 +79,7 @@ def test_estimator_study_smoke_reports_gap_and_active_units(tmp_path):
 def test_binarized_mnist_study_smoke_on_generated_files(tmp_path):
     """Both binarizations end to end on small files in the real formats (.amat and MNIST's IDX), with the
     published numbers beside ours; a missing data folder is a clear error naming the files."""
-    from test_data import write_amat_dataset, write_idx_dataset
+    from test_data import AMAT_ROWS, N_TEST, write_amat_dataset, write_idx_dataset
     data_dir = tmp_path / "data"
     write_amat_dataset(data_dir / "binarized_mnist")
     write_idx_dataset(data_dir / "MNIST" / "raw", gz=True)
@@ -89,11 +89,17 @@ def test_binarized_mnist_study_smoke_on_generated_files(tmp_path):
     assert {r["group"] for r in metrics["runs"]} == {"static", "dynamic"}
     assert {r["config"]["dataset"] for r in metrics["runs"]} == {"binarized-mnist", "mnist"}
     assert {r["config"]["binarize"] for r in metrics["runs"] if r["group"] == "dynamic"} == {"dynamic"}
-    assert len(metrics["runs"]) == 2 * 4
+    assert len(metrics["runs"]) == 3 + 2           # the VampPrior row is static only
+    vamp = [r for r in metrics["runs"] if "Vamp" in r["name"]]
+    assert [(r["group"], r["config"]["prior"], r["config"]["prior_components"]) for r in vamp] == [("static", "vamp", 5)]
+    # every test point of the small generated files (the budget asks for 20), the gap on 20 training points
+    assert all(r["eval_points"] == min(20, {"static": AMAT_ROWS["test"], "dynamic": N_TEST}[r["group"]])
+               and r["settings"]["gap_points"] == 20 for r in metrics["runs"])
     table = (out / "table.md").read_text()
-    assert "| static | IWAE k=2 |" in table and "| dynamic | VAE k=1 |" in table
+    assert "| static | IWAE k=5 | 1 |" in table and "| dynamic | VAE k=1 | 1 |" in table
     assert "published" in table and "3280 epochs" in table
-    assert "| dynamic | VAE k=1 |" in table and "| -86.76 |" in table   # Burda et al. Table 1 beside ours
+    # Burda et al. Table 1 beside ours, with the fraction of its 3280 epochs
+    assert "| -86.76 | 0.0003 (1/3280) |" in table and "| -85.57 | 0.0005 (1/2000) |" in table
     assert (out / "binarized_mnist.png").stat().st_size > 1000
 
 
@@ -124,9 +130,59 @@ def test_data_dir_and_download_flags_reach_the_run_configs(tmp_path, monkeypatch
         seen.append(config)
         raise _Stop
 
-    monkeypatch.setattr(binarized_mnist, "train_and_evaluate", capture_extra)
+    monkeypatch.setattr(binarized_mnist, "run_one", capture_config)
     monkeypatch.setattr(estimators, "train_and_evaluate", capture_extra)
     monkeypatch.setattr(priors, "run_one", capture_config)
     with pytest.raises(_Stop):
         main(["run", study, "--budget", "smoke", "--data-dir", str(tmp_path), "--out", str(tmp_path / "out")] + flags)
     assert seen[0].data_dir == str(tmp_path) and seen[0].download == bool(flags)
+
+
+def test_binarized_mnist_medium_trains_in_stages_across_sessions(tmp_path, monkeypatch, capsys):
+    """The medium budget: each invocation trains on for --hours, milestone by milestone (the IWAE paper's stage
+    ends), with a curve point at each, scores the epoch reached on the full test set, and the next invocation
+    resumes the same runs; without --hours it says how to call it."""
+    import experiments.binarized_mnist as study
+    from test_data import AMAT_ROWS, write_amat_dataset
+    data_dir = tmp_path / "data"
+    write_amat_dataset(data_dir / "binarized_mnist")
+    tiny = dict(study.BUDGETS["medium"], num_samples=10, curve_points=10, gap_points=10, target_epochs=5,
+                train=dict(study.BUDGETS["smoke"]["train"], lr_schedule="iwae"), rows=("VAE k=1", "IWAE k=5"))
+    monkeypatch.setitem(study.BUDGETS, "medium", tiny)
+    monkeypatch.setattr(study, "BINARIZATIONS", {"static": study.BINARIZATIONS["static"]})
+    out = tmp_path / "medium"
+    argv = ["run", "binarized-mnist", "--budget", "medium", "--data-dir", str(data_dir), "--out", str(out)]
+    assert main(argv) == 2 and "--hours" in capsys.readouterr().err
+    assert main(argv + ["--hours", "1"]) == 0
+    records = {p.parent.name: json.loads(p.read_text()) for p in out.glob("runs/*/record.json")}
+    assert set(records) == {"static-VAE_k1-seed0", "static-IWAE_k5-seed0"}
+    for record in records.values():
+        assert [p["epoch"] for p in record["curve"]] == [1, 4] and record["epochs"] == 4
+        assert record["final"]["epoch"] == 4 and record["final"]["eval_points"] == AMAT_ROWS["test"]
+    table = (out / "table.md").read_text()
+    assert "| static | VAE k=1 | 4 |" in table and "0.0012 (4/3280)" in table
+    assert (out / "curves.png").stat().st_size > 1000
+    # the next session: a longer target resumes the same runs from epoch 4, with no epoch trained twice
+    monkeypatch.setitem(study.BUDGETS, "medium", dict(tiny, target_epochs=13))
+    assert main(argv + ["--hours", "1"]) == 0
+    run = out / "runs" / "static-VAE_k1-seed0"
+    record = json.loads((run / "record.json").read_text())
+    assert [p["epoch"] for p in record["curve"]] == [1, 4, 13] and record["final"]["epoch"] == 13
+    epochs = [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == list(range(1, 14))
+    lrs = [json.loads(line)["lr"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert lrs[0] == pytest.approx(1e-3) and lrs[4] == pytest.approx(1e-3 * 10 ** (-2 / 7))
+    # --rows advances only the runs it names; a name that matches none is refused, naming the runs
+    monkeypatch.setitem(study.BUDGETS, "medium", dict(tiny, target_epochs=40))
+    assert main(argv + ["--hours", "0", "--rows", "static-VAE"]) == 2
+    assert "static-VAE_k1, static-IWAE_k5" in capsys.readouterr().err
+    assert main(argv + ["--hours", "1", "--rows", "static-IWAE_k5"]) == 0
+    assert json.loads((run / "record.json").read_text())["epochs"] == 13
+    assert json.loads((out / "runs" / "static-IWAE_k5-seed0" / "record.json").read_text())["epochs"] == 40
+    # --hours 0 trains nothing and writes the same table (but for the command line that wrote it)
+    before = (out / "table.md").read_text().splitlines()
+    assert main(argv + ["--hours", "0"]) == 0
+    after = (out / "table.md").read_text().splitlines()
+    assert after[2].endswith("--hours 0`  ") and after[3:] == before[3:]
+    with pytest.raises(SystemExit):                          # --hours means nothing to a study run in one go
+        main(["run", "priors", "--budget", "smoke", "--hours", "1"])

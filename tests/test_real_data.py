@@ -18,6 +18,7 @@ import torch
 from experiments import binarized_mnist, common
 from pyro_vae.checkpoint import SUMMARY
 from pyro_vae.config import TrainConfig
+from pyro_vae.data import evaluation_indices
 from pyro_vae.data import load_dataset
 from pyro_vae.formats import IDX_IMAGES_MAGIC, IDX_LABELS_MAGIC, read_idx
 
@@ -117,17 +118,17 @@ def test_evaluation_subset_strides_over_the_sorted_test_file(binarized):
     blocks = ink.reshape(10, 1000).mean(1)
     assert blocks[0] > ink.mean() + 20 and blocks[1] < ink.mean() - 30       # zeros, then ones: sorted
     n = len(binarized.test)
-    budgets = [b["eval_points"] for b in binarized_mnist.BUDGETS.values() if b["eval_points"]]
-    assert 250 in budgets
-    for points in budgets:
-        index = common.evaluation_indices(n, points)
+    budgets = [b.get("curve_points") for b in binarized_mnist.BUDGETS.values() if b.get("curve_points")]
+    assert 1000 in budgets
+    for points in budgets + [250]:
+        index = evaluation_indices(n, points)
         assert len(index) == points and index[0] == 0 and index[-1] >= n - n // points
         assert (index.diff() > 0).all()
         assert (index < 1000).sum() <= points // 10 + 1                       # not all, nor most, from the zeros
-    index = common.evaluation_indices(n, 250)
+    index = evaluation_indices(n, 250)
     assert torch.equal(index, torch.arange(0, n, 40))
     assert abs(ink[index].mean() - ink.mean()) < 2 < abs(ink[:250].mean() - ink.mean())
-    assert torch.equal(common.evaluation_indices(n, None), torch.arange(n))
+    assert torch.equal(evaluation_indices(n, None), torch.arange(n))
 
 
 @needs("binarized_mnist")
@@ -136,7 +137,7 @@ def test_run_one_evaluates_the_strided_subset(binarized, tmp_path, monkeypatch):
     config = TrainConfig(dataset="binarized-mnist", binarize="none", data_dir=str(SHARED), out=str(tmp_path))
     evaluated = []
 
-    def fake_evaluate(model, guide, x, num_samples):
+    def fake_evaluate(model, guide, x, num_samples, **kwargs):
         evaluated.append(x)
         return SimpleNamespace(mean=0.0, stderr=0.0, elbo=0.0, active_units=0, iwae_curve=[])
 
@@ -144,7 +145,7 @@ def test_run_one_evaluates_the_strided_subset(binarized, tmp_path, monkeypatch):
     monkeypatch.setattr(common, "load_vae", lambda out: (SimpleNamespace(model=None, guide=None), config))
     monkeypatch.setattr(common, "load_dataset", lambda *args, **kwargs: binarized)
     monkeypatch.setattr(common, "evaluate", fake_evaluate)
-    record = common.run_one("VAE k=1", 0, config, 5, tmp_path, eval_points=250, train_gap=True)
+    record = common.run_one("VAE k=1", 0, config, 5, tmp_path, eval_points=250, train_gap="strided")
     test_points, train_points = evaluated
     assert torch.equal(test_points, binarized.test[::40]) and not torch.equal(test_points, binarized.test[:250])
     assert torch.equal(train_points, binarized.train[::200])

@@ -534,6 +534,19 @@ def test_cosine_lr_schedule(tmp_path, digits):
     assert [row["lr"] for row in result.history] == pytest.approx(expected, rel=1e-9)
 
 
+def test_iwae_paper_lr_schedule_across_a_resume(tmp_path, digits):
+    """Burda et al.'s schedule: stage i lasts 3^i epochs at lr * 10^(-i/7); a pure function of the epoch, so
+    the medium study can extend --epochs on --resume session after session."""
+    from pyro_vae.factory import iwae_stage
+    assert [iwae_stage(e) for e in (0, 1, 3, 4, 12, 13, 39, 40, 1092, 1093, 3279, 5000)] == \
+        [0, 1, 1, 2, 2, 3, 3, 4, 6, 7, 7, 7]
+    config = tiny(tmp_path / "run", epochs=2, lr_schedule="iwae")
+    run(config, digits)
+    result = run(dataclasses.replace(config, epochs=6), digits, resume=True)
+    expected = [1e-3 * 10 ** (-stage / 7) for stage in (0, 1, 1, 1, 2, 2)]
+    assert [row["lr"] for row in result.history] == pytest.approx(expected, rel=1e-12)
+
+
 def test_cosine_schedule_refuses_more_epochs_on_resume(tmp_path, digits):
     """The cosine schedule ends at the original --epochs; extending it would train an epoch at lr 0
     and then raise the lr again, so the change is refused with a message naming it."""
