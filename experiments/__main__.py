@@ -67,6 +67,10 @@ def main(argv=None) -> int:
                          "--budget medium)")
         table = STUDIES[args.study].run(args.budget, out, command, git_revision(), data_dir=args.data_dir,
                                         download=args.download, **hours)
+    except KeyboardInterrupt:
+        print("python -m experiments: interrupted; every run keeps its checkpoint and finished runs their "
+              "records: run the same command to resume", file=sys.stderr)
+        return 130
     except (DataError, StudyError) as exc:
         print(f"python -m experiments: {exc}", file=sys.stderr)
         return 2

@@ -91,7 +91,8 @@ def run_one(name: str, seed: int, config: TrainConfig, num_samples: int, out: Pa
     if record is not None:
         return record
     if not (out / SUMMARY).exists():
-        train(config, resume=(out / CHECKPOINT).exists(), progress=False, figures=False)
+        if train(config, resume=(out / CHECKPOINT).exists(), progress=False, figures=False).stop_reason == "interrupted":
+            raise KeyboardInterrupt                # Ctrl-C or SIGTERM: the checkpoint is kept, nothing is scored
     vae, config = load_vae(out)
     record = {"name": name, "seed": seed, "revision": revision, "machine": machine(), "settings": settings,
               "config": config.to_dict(), "train_summary": json.loads((out / SUMMARY).read_text()),

@@ -85,8 +85,10 @@ def advance(runs, states: Dict, budget: Dict, hours: float, revision: str) -> No
                       f"--hours leaves; stopping at {state['epochs']}", flush=True)
                 continue
             print(f"{binarization}: {name}: training epochs {state['epochs'] + 1}..{milestone}", flush=True)
-            train(dataclasses.replace(config, epochs=milestone), resume=(out / CHECKPOINT).exists(), progress=True,
-                  figures=False)
+            result = train(dataclasses.replace(config, epochs=milestone), resume=(out / CHECKPOINT).exists(),
+                           progress=True, figures=False)
+            if result.stop_reason == "interrupted":
+                raise KeyboardInterrupt
             point = curve_point(config, budget["num_samples"], budget["curve_points"])
             state["curve"].append({"epoch": milestone, **point})
             state.update(epochs=milestone, revision=revision, machine=machine())

@@ -186,3 +186,25 @@ def test_binarized_mnist_medium_trains_in_stages_across_sessions(tmp_path, monke
     assert after[2].endswith("--hours 0`  ") and after[3:] == before[3:]
     with pytest.raises(SystemExit):                          # --hours means nothing to a study run in one go
         main(["run", "priors", "--budget", "smoke", "--hours", "1"])
+
+
+def test_an_interrupted_study_scores_nothing_and_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    """Ctrl-C stops training after a checkpoint (the run returns "interrupted"): the study must stop there,
+    not score the half-trained model and record it as finished."""
+    from types import SimpleNamespace
+
+    import experiments.common as common
+    import experiments.staged as staged
+    interrupted = lambda config, **kwargs: SimpleNamespace(stop_reason="interrupted")   # noqa: E731
+    monkeypatch.setattr(common, "train", interrupted)
+    out = tmp_path / "priors"
+    assert main(["run", "priors", "--budget", "smoke", "--out", str(out)]) == 130
+    assert "run the same command to resume" in capsys.readouterr().err
+    assert not list(out.glob("runs/*/record.json"))
+    monkeypatch.setattr(staged, "train", interrupted)
+    monkeypatch.setattr(staged, "curve_point", lambda *a: pytest.fail("scored an interrupted run"))
+    from test_data import write_amat_dataset
+    write_amat_dataset(tmp_path / "data" / "binarized_mnist")
+    assert main(["run", "binarized-mnist", "--budget", "medium", "--data-dir", str(tmp_path / "data"), "--out",
+                 str(tmp_path / "medium"), "--hours", "1", "--rows", "static-VAE_k1"]) == 130
+    assert not list((tmp_path / "medium").glob("runs/*/record.json"))
