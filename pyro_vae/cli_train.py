@@ -164,7 +164,9 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--out", default=d.out, help="output folder for checkpoints, metrics, config and figures "
                                                 "(default: %(default)s)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--no-progress", action="store_true",
+                   help="no progress bar: one plain line per epoch (epoch, training loss, validation bound, seconds), "
+                        "what a log gets anyway when stderr is not a terminal")
     g.add_argument("--no-figures", action="store_true", help="do not write the PNG figures")
 
 
@@ -204,7 +206,9 @@ def _explicit_train_flags(argv: List[str]) -> set:
 
 def _cmd_train(args, argv) -> int:
     config = config_from_args(args, _explicit_train_flags(argv))
-    result = train(config, resume=args.resume, progress=not args.no_progress, figures=not args.no_figures)
+    # --no-progress: no bar, but never silent (a line per epoch); without a terminal the lines come anyway
+    result = train(config, resume=args.resume, progress="lines" if args.no_progress else True,
+                   figures=not args.no_figures)
     if result.stop_reason == "interrupted":
         say(f"Interrupted; checkpoint saved in {result.out_dir}. Continue with: "
             f"pyro-vae train --out {result.out_dir} --resume", sys.stdout)

@@ -8,7 +8,7 @@ import dataclasses
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import pyro
 
@@ -93,11 +93,12 @@ def finished_result(config: TrainConfig, ckpt: Dict[str, Any]) -> TrainResult:
                        out, bound, already_finished=True)
 
 
-def run(config: TrainConfig, parallel: Optional[Any] = None, resume: bool = False, progress: bool = True,
-        data: Optional[Dataset] = None, on_step: Optional[Callable] = None, figures: bool = True) -> TrainResult:
+def run(config: TrainConfig, parallel: Optional[Any] = None, resume: bool = False,
+        progress: Union[bool, str] = True, data: Optional[Dataset] = None, on_step: Optional[Callable] = None,
+        figures: bool = True) -> TrainResult:
     """One process's part of a run: assemble the data, the model (contract-checked), the trainer; fit; then
-    the test bounds, ``summary.json`` and the figures.  ``parallel``: this process's
-    :class:`~pyro_vae.parallel.DDPGroup`, or one process (default).  The caller holds the run folder
+    the test bounds, ``summary.json`` and the figures.  ``parallel``: this process's :class:`~pyro_vae.parallel.DDPGroup`, or one process
+    (default); ``progress``: see :class:`~pyro_vae.hooks.Progress`.  The caller holds the run folder
     (:func:`pyro_vae.launch.train` takes its lock and starts the processes)."""
     out = Path(config.out)
     ckpt = check_start(config, resume)

@@ -25,7 +25,7 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import pyro
@@ -162,7 +162,9 @@ class Trainer:
         module, data, config: an ``nn.Module`` holding the parameters (e.g. a :class:`~pyro_vae.VAE`), the
             :class:`~pyro_vae.data.Dataset` (train split resampled per epoch if dynamic), the :class:`TrainConfig`.
         objective: any ``pyro.infer.ELBO`` (default from ``config.loss``); checkpoint_extra: saved in checkpoints.
-        on_step: called as ``on_step(trainer, epoch, step, loss)`` after every optimiser step; progress: a bar.
+        on_step: called as ``on_step(trainer, epoch, step, loss)`` after every optimiser step.
+        progress: True (a bar where stderr is a terminal, one line per epoch where it is not), "bar", "lines", or
+            False (nothing per epoch); see :class:`~pyro_vae.hooks.Progress`.
         parallel: :class:`~pyro_vae.parallel.SingleProcess` (default) or this process's
             :class:`~pyro_vae.parallel.DDPGroup` (each process trains on its share of each batch; rank 0 writes).
         optimizer, scheduler: default fused Adam at ``config.lr`` over :attr:`params` (all the objective touches),
@@ -171,7 +173,8 @@ class Trainer:
 
     def __init__(self, module: torch.nn.Module, data: Dataset, config: TrainConfig,
                  objective: Optional[ELBO] = None, checkpoint_extra: Optional[Dict[str, Any]] = None,
-                 on_step: Optional[Callable] = None, progress: bool = True, parallel: Optional[Any] = None, *,
+                 on_step: Optional[Callable] = None, progress: Union[bool, str] = True,
+                 parallel: Optional[Any] = None, *,
                  optimizer: Optional[torch.optim.Optimizer] = None, scheduler: Any = None,
                  hooks: Sequence[Hook] = ()):
         self.module, self.data, self.config, self.checkpoint_extra = module, data, config, checkpoint_extra or {}
