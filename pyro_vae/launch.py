@@ -37,6 +37,7 @@ from .factory import config_bound_name, load_vae
 from .parallel import DDPGroup
 from .run import TrainResult, check_start, finished, finished_result, run
 from .signals import STOP_SIGNALS, say
+from .tensorboard_hook import require_tensorboard
 
 
 def train(config: TrainConfig, resume: bool = False, progress: Union[bool, str] = True,
@@ -68,6 +69,8 @@ def train(config: TrainConfig, resume: bool = False, progress: Union[bool, str] 
         a :class:`TrainResult`; ``result.model`` is the VAE with the *best* validation bound.
     """
     ckpt = check_start(config, resume)                  # clear errors before taking the folder
+    if config.tensorboard:
+        require_tensorboard()                           # and before any process starts
     if ckpt is not None and finished(ckpt, config) and (Path(config.out) / SUMMARY).exists():
         return finished_result(config, ckpt)
     with run_lock(config.out):
