@@ -19,7 +19,8 @@ from pyro_vae.training import TrainConfig, Trainer
 from pyro_vae.vae import build_vae
 
 CONSOLE_SCRIPT = Path(sys.executable).parent / "pyro-vae"
-TINY = ["--hidden", "16", "--latent-dim", "2", "--no-figures", "--patience", "0"]
+# eager steps: recording a step costs more than these tiny runs train
+TINY = ["--hidden", "16", "--latent-dim", "2", "--no-figures", "--patience", "0", "--compile", "off"]
 LINE = re.compile(r"^epoch (\d+)/(\d+)  train loss \d+\.\d{3}  validation (ELBO|IWAE_\d+ bound) -\d+\.\d{3} "
                   r"\(best -\d+\.\d{3} at epoch \d+\)  \d+\.\d s$")
 

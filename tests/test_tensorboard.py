@@ -19,7 +19,7 @@ from pyro_vae.tensorboard_hook import INSTALL, LOG_DIR, TensorBoardLogger, Tenso
 from pyro_vae.training import Trainer
 from pyro_vae.vae import build_vae
 
-TINY = ["--hidden", "16", "--latent-dim", "2", "--no-figures", "--no-progress", "--patience", "0"]
+TINY = ["--hidden", "16", "--latent-dim", "2", "--no-figures", "--no-progress", "--patience", "0", "--compile", "off"]
 
 
 def tensorboard_readers():
@@ -91,7 +91,7 @@ def test_a_resumed_run_continues_the_stream_without_repeating_a_step(tmp_path):
     tensorboard_readers()
     out = tmp_path / "run"
     config = TrainConfig(hidden=(16,), latent_dim=2, epochs=3, patience=0, tensorboard=True,
-                         tensorboard_images_every=1, out=str(out))
+                         tensorboard_images_every=1, compile="off", out=str(out))
 
     def stop_in_epoch_3(trainer, epoch, step, loss):
         if epoch == 2 and step == 4:
@@ -156,7 +156,8 @@ def test_the_trainer_adds_the_logger_a_config_asks_for_and_says_why_images_are_s
     tensorboard_readers()
     digits = load_dataset("digits", None, "dynamic", None, 0)
     flat = dataclasses.replace(digits, image_shape=None)                    # data that are not pictures
-    config = TrainConfig(hidden=(16,), latent_dim=2, epochs=2, patience=0, tensorboard=True, out=str(tmp_path / "r"))
+    config = TrainConfig(hidden=(16,), latent_dim=2, epochs=2, patience=0, tensorboard=True, compile="off",
+                         out=str(tmp_path / "r"))
     trainer = Trainer(build_vae(flat.data_dim, latent_dim=2, hidden=(16,)), flat, config, progress=False)
     assert sum(isinstance(hook, TensorBoardLogger) for hook in trainer.hooks) == 1
     assert trainer.fit() == "completed"
