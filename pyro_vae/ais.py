@@ -70,6 +70,7 @@ from .evaluation import _check_x, _set_size
 from .hmc import HMCState, hmc_transition
 from .importance import (ModelGuideContractError, _data_frame, importance_weights, latent_sites, masked_log_prob,
                          per_datapoint_sum, program_structure, score_guide, vectorized, with_values)
+from .signals import bar_settings
 
 SCHEDULES = ("sigmoid", "linear")
 INITS = ("guide", "prior")
@@ -424,7 +425,7 @@ def ais_log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *args,
                                        **slice_data(kwargs, n, 0, 1))
         batches = range(0, n, batch_size)
         with tqdm(total=len(batches) * (betas.numel() - 1), desc="AIS log p(x)", unit="temperature",
-                  disable=not progress, dynamic_ncols=True) as bar:
+                  disable=not progress, dynamic_ncols=True, **bar_settings()) as bar:
             for start in batches:
                 path = AnnealingPath(model, guide, x[start:start + batch_size], *args, num_chains=num_chains,
                                      base=init, plate=plate, max_plate_nesting=nesting, compile=compile,

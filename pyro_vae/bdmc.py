@@ -38,6 +38,7 @@ from .ais import AnnealingPath, anneal, annealing_schedule, log_mean_exp
 from .contract import eval_mode, checked_once, slice_data
 from .evaluation import log_likelihood
 from .importance import _data_frame, latent_sites
+from .signals import bar_settings
 
 
 @torch.no_grad()
@@ -180,7 +181,8 @@ def bdmc(model: Callable, guide: Callable, num_points: int, *args, like: torch.T
         x, latents, axes = simulate(model, like, num_points, *args, observed=observed, plate=plate, **kwargs)
         results = {t: ([], [], [], []) for t in steps}              # lower, upper, accept fwd, accept rev
         total = sum(2 * t for t in steps) * math.ceil(num_points / batch_size)
-        with tqdm(total=total, desc="BDMC", unit="temperature", disable=not progress, dynamic_ncols=True) as bar:
+        with tqdm(total=total, desc="BDMC", unit="temperature", disable=not progress, dynamic_ncols=True,
+                  **bar_settings()) as bar:
             for start in range(0, num_points, batch_size):
                 xb = x[start:start + batch_size]
                 stop = start + xb.shape[0]

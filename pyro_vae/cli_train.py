@@ -18,6 +18,7 @@ from .priors import PRIORS
 from .signals import exit_code, say
 from .checkpoint import CHECKPOINT, SUMMARY, load_checkpoint
 from .launch import train
+from .tensorboard_hook import LOG_DIR, TensorBoardMissing, require_tensorboard
 
 DEFAULTS = TrainConfig()
 
@@ -165,8 +166,18 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--out", default=d.out, help="output folder for checkpoints, metrics, config and figures "
                                                 "(default: %(default)s)")
     g.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--no-progress", action="store_true",
+                   help="no progress bar: one plain line per epoch (epoch, training loss, validation bound, seconds), "
+                        "what a log gets anyway when stderr is not a terminal")
     g.add_argument("--no-figures", action="store_true", help="do not write the PNG figures")
+    g.add_argument("--tensorboard", action="store_true", default=d.tensorboard,
+                   help="log to TensorBoard in OUT/tensorboard/ (view with: tensorboard --logdir OUT): per epoch the "
+                        "training loss, the validation bound under its name, the learning rate and beta; image "
+                        "grids; the settings and final metrics in the hparams tab. Needs pip install "
+                        "'pyro_vae[tensorboard]'; may be turned on when resuming")
+    g.add_argument("--tensorboard-images-every", type=positive_int, default=d.tensorboard_images_every, metavar="N",
+                   help="--tensorboard: reconstruction and sample grids every N epochs, and at the first and the "
+                        "last (default: %(default)s)")
 
 
 def config_from_args(args: argparse.Namespace, explicit: Optional[set] = None) -> TrainConfig:
@@ -205,7 +216,14 @@ def _explicit_train_flags(argv: List[str]) -> set:
 
 def _cmd_train(args, argv) -> int:
     config = config_from_args(args, _explicit_train_flags(argv))
-    result = train(config, resume=args.resume, progress=not args.no_progress, figures=not args.no_figures)
+    if config.tensorboard:
+        try:
+            require_tensorboard()
+        except TensorBoardMissing as e:   # a one-line error of the command (an ImportError from Python)
+            raise ValueError(str(e)) from None
+    # --no-progress: no bar, but never silent (a line per epoch); without a terminal the lines come anyway
+    result = train(config, resume=args.resume, progress="lines" if args.no_progress else True,
+                   figures=not args.no_figures)
     if result.stop_reason == "interrupted":
         say(f"Interrupted; checkpoint saved in {result.out_dir}. Continue with: "
             f"pyro-vae train --out {result.out_dir} --resume", sys.stdout)
@@ -216,6 +234,7 @@ def _cmd_train(args, argv) -> int:
             f"nothing to train and nothing rewritten (raise --epochs or --patience to continue it)", sys.stdout)
     say(train_summary_line(summary), sys.stdout)
     written = sorted(p.name for p in result.out_dir.iterdir() if p.suffix in (".pt", ".json", ".jsonl", ".png"))
+    written += [f"{LOG_DIR}/ (tensorboard --logdir {result.out_dir})"] if (result.out_dir / LOG_DIR).is_dir() else []
     say(f"wrote {result.out_dir}/: {', '.join(written)}", sys.stdout)
     return 0
 

@@ -27,7 +27,7 @@ from .devices import DEVICE_HELP, valid_device_name
 LR_SCHEDULES = ("none", "exponential", "cosine", "iwae")
 # Changing these between a run and its --resume cannot corrupt the saved state.
 RESUMABLE_CHANGES = ("epochs", "patience", "out", "device", "data_dir", "download", "eval_batch_size", "clip_norm",
-                     "devices", "compile")
+                     "devices", "compile", "tensorboard", "tensorboard_images_every")
 
 
 @dataclasses.dataclass
@@ -80,6 +80,9 @@ class TrainConfig:
     compile: str = "auto"            # auto | on | off: record each step once per batch shape and replay it
                                      # (pyro_vae.compiled); auto runs eagerly, saying why, what it cannot record
     out: str = "runs/default"
+    tensorboard: bool = False        # TensorBoard event files in OUT/tensorboard/ (pyro_vae.tensorboard_hook; needs
+                                     # pip install 'pyro_vae[tensorboard]')
+    tensorboard_images_every: int = 10   # TensorBoard image grids every N epochs (and at the first and the last)
 
     def __post_init__(self):
         self.hidden = tuple(int(h) for h in self.hidden)
@@ -87,7 +90,7 @@ class TrainConfig:
         self.channels = tuple(int(c) for c in self.channels)
         problems = []
         for name in ("epochs", "batch_size", "latent_dim", "num_particles", "num_outer", "eval_batch_size",
-                     "prior_components", "devices"):
+                     "prior_components", "devices", "tensorboard_images_every"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.batch_size < self.devices:
@@ -142,7 +145,8 @@ SECTIONS: Dict[str, Tuple[str, ...]] = {
               "sigma", "learn_sigma", "prior", "prior_components", "vamp_init"),
     "objective": ("loss", "num_particles", "gradient", "num_outer", "ciwae_beta"),
     "optim": ("epochs", "batch_size", "lr", "lr_schedule", "lr_gamma", "clip_norm", "warmup_epochs", "patience"),
-    "run": ("eval_batch_size", "seed", "device", "devices", "compile", "out"),
+    "run": ("eval_batch_size", "seed", "device", "devices", "compile", "out", "tensorboard",
+            "tensorboard_images_every"),
 }
 assert sorted(sum(SECTIONS.values(), ())) == sorted(f.name for f in dataclasses.fields(TrainConfig))
 

@@ -36,6 +36,7 @@ from .contract import eval_mode, slice_data
 from .global_latents import GLOBALS_OPTIONS, condition_on, draw_globals, guide_means, nested_log_marginal, refusal
 from .importance import program_structure
 from .sampling import check_x as _check_x, importance_sample as _importance_sample, iwae_ks
+from .signals import bar_settings
 
 
 def _names_num_data(fn: Callable) -> bool:
@@ -269,7 +270,7 @@ def joint_log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *arg
             raise ValueError("a joint estimate over batches needs programs that take num_data (the contract)")
         outer, inner, elbos = [], [], []
         for _ in tqdm(range(num_global_samples), desc="log p(X)", unit="draw", disable=not progress,
-                      dynamic_ncols=True):
+                      dynamic_ncols=True, **bar_settings()):
             values, log_ratio = draw_globals(model, guide, names, x[:batch_size], *args, **first)
             local_model, local_guide = condition_on(model, guide, values)
             runs = _importance_sample(local_model, local_guide, x, *args, num_samples=num_samples,

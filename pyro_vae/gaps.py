@@ -41,6 +41,7 @@ from .contract import eval_mode, slice_data
 from .distributions import DiagonalNormal
 from .evaluation import _check_x, _set_size, log_likelihood
 from .importance import importance_weights, latent_sites, program_structure, with_values
+from .signals import bar_settings
 
 
 def _diagonal_normal(fn) -> Optional[Tuple[torch.Tensor, torch.Tensor, int]]:
@@ -284,7 +285,8 @@ def inference_gaps(model: Callable, guide: Callable, x: torch.Tensor, *args, num
                              f"(pyro_vae.global_latents.condition_on)")
         amortized_parameters(guide, x[:1], *args, **passed, **slice_data(kwargs, n, 0, 1))     # refuse early
         batches = range(0, n, batch_size)
-        for start in tqdm(batches, desc="q* and ELBOs", unit="batch", disable=not progress, dynamic_ncols=True):
+        for start in tqdm(batches, desc="q* and ELBOs", unit="batch", disable=not progress, dynamic_ncols=True,
+                          **bar_settings()):
             xb = x[start:start + batch_size]
             data = dict(passed, **slice_data(kwargs, n, start, start + batch_size))
             e, se = _elbo(model, guide, xb, *args, num_samples=elbo_samples, plate=plate, nesting=nesting, **data)

@@ -1,7 +1,8 @@
 """What happens around the steps of :meth:`pyro_vae.training.Trainer.fit`, one hook per concern: the Ctrl-C and
-SIGTERM stop, the checkpoint and the best model, the metrics log, early stopping, the progress bar, and a user's
-per-step callback.  The trainer calls every hook, in order, at each event (``on_fit_end`` in reverse order, like
-leaving nested ``with`` blocks); a hook overrides the events it cares about:
+SIGTERM stop, the checkpoint and the best model, the metrics log, early stopping, progress (a bar on a terminal, one
+line per epoch in a log), and a user's per-step callback (TensorBoard is one more, in
+:mod:`pyro_vae.tensorboard_hook`).  The trainer calls every hook, in order, at each event (``on_fit_end`` in reverse
+order, like leaving nested ``with`` blocks); a hook overrides the events it cares about:
 
 * ``on_fit_start(trainer)``: before :meth:`~pyro_vae.training.Trainer.fit` takes its first step;
 * ``on_step_end(trainer, loss)``: after every optimiser step (``trainer.state.step`` already counts it);
@@ -23,7 +24,7 @@ hook of a few lines, passed as ``Trainer(..., hooks=[MyTracker()])``::
 """
 import json
 import sys
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from tqdm.auto import tqdm
 
@@ -116,36 +117,81 @@ class EarlyStopping(Hook):
         return "early_stopping" if exhausted else None
 
 
-class Progress(Hook):
-    """A tqdm bar over the run's steps on stderr (in the writer process), with the last epoch's loss and
-    validation bound as its postfix; it never fails on a closed terminal or pipe."""
+PROGRESS_MODES = ("auto", "bar", "lines", "off")
 
-    def __init__(self, enabled: bool = True):
-        self.enabled = enabled
+
+def progress_mode(progress: Union[bool, str, None]) -> str:
+    """What a ``progress`` argument asks for: ``True`` is "auto" (a bar on a terminal, else one line per epoch),
+    ``False``/None "off" (nothing per epoch: for library and test use), or one of :data:`PROGRESS_MODES`."""
+    if progress is True:
+        return "auto"
+    if progress is False or progress is None:
+        return "off"
+    if progress not in PROGRESS_MODES:
+        raise ValueError(f"progress must be True, False or one of {', '.join(PROGRESS_MODES)}, got {progress!r}")
+    return progress
+
+
+def bound_label(name: str) -> str:
+    """How a validation bound is named to the user: "ELBO", or "IWAE_5 bound" (never an IWAE bound called ELBO)."""
+    return "ELBO" if name == "ELBO" else f"{name} bound"
+
+
+def epoch_line(row: Dict[str, Any], epochs: int, best_epoch: int, best_val_bound: float) -> str:
+    """One plain line for a finished epoch, e.g. ``epoch 3/300  train loss 40.12  validation ELBO -39.87 (best
+    -39.87 at epoch 3)  0.8 s``: what a log without a terminal gets instead of a bar."""
+    label = bound_label(row.get("val_bound_name", "ELBO"))
+    return (f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.3f}  validation {label} "
+            f"{row['val_bound']:.3f} (best {best_val_bound:.3f} at epoch {best_epoch})  {row['seconds']:.1f} s")
+
+
+class Progress(Hook):
+    """What the user sees per epoch, on stderr, in the writer process; it never fails on a closed terminal or pipe.
+
+    ``mode`` (see :func:`progress_mode`): "bar" is a tqdm bar over the run's steps (with its remaining time and the
+    last epoch's loss and validation bound as its postfix); "lines" prints one plain line per epoch
+    (:func:`epoch_line`), as Keras and Lightning do in logs; "auto" (``True``) is the bar where stderr is a terminal
+    and the lines where it is not (a file, a pipe, a batch job's log: a bar there is carriage-return spam);
+    "off" (``False``) prints nothing per epoch, only the notes."""
+
+    def __init__(self, mode: Union[bool, str] = True):
+        self.mode = progress_mode(mode)
+        self.bar, self.lines = None, False
 
     def on_fit_start(self, trainer: Any) -> None:
-        total = trainer.config.epochs * trainer.steps_per_epoch
-        done = min(trainer.state.epoch * trainer.steps_per_epoch + trainer.state.step, total)
-        self.bar = tqdm(total=total, initial=done, disable=not self.enabled or not trainer.parallel.is_writer,
-                        unit="step", dynamic_ncols=True, desc="train", file=SafeStream(sys.stderr))
+        stream = sys.stderr
+        mode = self.mode if trainer.parallel.is_writer else "off"
+        if mode == "auto":
+            mode = "bar" if _is_terminal(stream) else "lines"
+        self.lines, self.bar = mode == "lines", None
+        if mode == "bar":
+            total = trainer.config.epochs * trainer.steps_per_epoch
+            done = min(trainer.state.epoch * trainer.steps_per_epoch + trainer.state.step, total)
+            self.bar = tqdm(total=total, initial=done, unit="step", dynamic_ncols=True, desc="train",
+                            file=SafeStream(stream))
 
     def on_step_end(self, trainer: Any, loss: float) -> None:
-        self.bar.update(1)
+        if self.bar is not None:
+            self.bar.update(1)
 
     def on_epoch_end(self, trainer: Any, row: Dict[str, Any]) -> None:
-        self.bar.set_postfix(epoch=row["epoch"], loss=f"{row['train_loss']:.2f}",
-                             **{f"val_{trainer.bound_name}": f"{row['val_bound']:.2f}"},
-                             best=f"{trainer.state.best_val_bound:.2f}")
+        if self.bar is not None:
+            self.bar.set_postfix(epoch=row["epoch"], loss=f"{row['train_loss']:.2f}",
+                                 **{f"val_{trainer.bound_name}": f"{row['val_bound']:.2f}"},
+                                 best=f"{trainer.state.best_val_bound:.2f}")
+        elif self.lines:
+            say(epoch_line(row, trainer.config.epochs, trainer.state.best_epoch, trainer.state.best_val_bound))
 
     def on_fit_end(self, trainer: Any, reason: Optional[str]) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
         self.bar = None
 
     def on_note(self, trainer: Any, line: str) -> None:
         """The line above the bar while it runs (its postfix says "compiling" meanwhile), else on stderr."""
         if not trainer.parallel.is_writer:
             return
-        if getattr(self, "bar", None) is not None and not self.bar.disable:
+        if self.bar is not None:
             if line.startswith("compiling"):
                 self._postfix = self.bar.postfix
                 self.bar.set_postfix_str("compiling")
@@ -154,6 +200,14 @@ class Progress(Hook):
             self.bar.write(line, file=self.bar.fp)
         else:
             say(line)
+
+
+def _is_terminal(stream: Any) -> bool:
+    """Whether ``stream`` is an interactive terminal (False for files, pipes and closed streams)."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 class StepCallback(Hook):
@@ -173,8 +227,9 @@ def notify(hooks: Sequence[Hook], trainer: Any, line: str) -> None:
         hook.on_note(trainer, line)
 
 
-def default_hooks(patience: int, progress: bool = True, on_step: Optional[Callable] = None) -> List[Hook]:
-    """The hooks every run has: stop on signals, checkpoints, the metrics log, early stopping, progress, and
-    ``on_step`` where given."""
+def default_hooks(patience: int, progress: Union[bool, str] = True,
+                  on_step: Optional[Callable] = None) -> List[Hook]:
+    """The hooks every run has: stop on signals, checkpoints, the metrics log, early stopping, progress (``progress``:
+    see :class:`Progress`), and ``on_step`` where given."""
     hooks = [SignalStop(), Checkpointing(), MetricsLog(), EarlyStopping(patience), Progress(progress)]
     return hooks + ([StepCallback(on_step)] if on_step is not None else [])

@@ -10,7 +10,7 @@ Figures
     ``p(x | z), z ~ p(z)`` or latent traversals.
 :func:`plot_reconstructions`
     Inputs and their reconstructions ``E[x | z = mean of q(z | x)]`` as alternating row
-    pairs (input row, reconstruction row), at most 10 images per row.
+    pairs (input row, reconstruction row, each labelled), at most 10 images per row.
 
 ``image_shape`` is ``(C, H, W)`` with ``C`` in {1, 3}, or ``(H, W)`` for greyscale
 (read by :func:`pyro_vae.data.chw`); ``D == prod(image_shape)``. Values are clipped to
@@ -189,13 +189,15 @@ def plot_reconstructions(
     reconstructions: Any,
     image_shape: Sequence[int],
     path: PathLike,
-    title: str = "Inputs (top) and reconstructions (bottom)",
+    title: str = "Inputs above their reconstructions, in pairs of rows",
+    labels: Sequence[str] = ("input", "reconstruction"),
 ) -> Path:
     """Show inputs and reconstructions as alternating rows, at most 10 per row.
 
     Row pair ``k`` holds inputs ``10k .. 10k+9`` above their reconstructions;
-    each row is labelled "input" / "reconstruction" on the left. Raises
-    ValueError if the two arrays differ in shape or ``D != prod(image_shape)``.
+    each row is labelled on the left with ``labels`` (input row, reconstruction
+    row; a label may have two lines). Raises ValueError if the two arrays differ
+    in shape or ``D != prod(image_shape)``.
     """
     x = to_numpy(inputs)
     r = to_numpy(reconstructions)
@@ -223,12 +225,13 @@ def plot_reconstructions(
     pair_gap = max(2, round(h / 3))
     gaps = [pair_gap if (i % 2 == 0 and i > 0) else 0 for i in range(2 * n_pairs)]
     mosaic, centres = _mosaic(tiles_arr, 2 * n_pairs, ncols, pad, row_gaps=gaps)
-    fig, ax = _mosaic_figure(mosaic, ncols, title, left_in=1.15)
+    longest = max(len(line) for label in labels for line in str(label).split("\n"))
+    fig, ax = _mosaic_figure(mosaic, ncols, title, left_in=max(1.15, 0.075 * longest + 0.15))
     for i, yc in enumerate(centres):
         ax.text(
             -pad - 0.5,
             yc,
-            "input" if i % 2 == 0 else "reconstruction",
+            labels[i % 2],
             ha="right",
             va="center",
             fontsize=9,

@@ -23,7 +23,7 @@ import signal
 import socket
 import threading
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -37,9 +37,10 @@ from .factory import config_bound_name, load_vae
 from .parallel import DDPGroup
 from .run import TrainResult, check_start, finished, finished_result, run
 from .signals import STOP_SIGNALS, say
+from .tensorboard_hook import require_tensorboard
 
 
-def train(config: TrainConfig, resume: bool = False, progress: bool = True,
+def train(config: TrainConfig, resume: bool = False, progress: Union[bool, str] = True,
           data: Optional[Dataset] = None, on_step: Optional[Callable] = None,
           figures: bool = True) -> TrainResult:
     """Train a VAE as ``config`` says, writing checkpoints, metrics, config and figures to ``config.out``.
@@ -49,6 +50,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         resume: continue from ``OUT/checkpoint.pt`` (exactly: same parameters, optimizer state, RNG
             and data order as if never stopped).  Without it, an existing checkpoint is an error, so
             a run is never overwritten by accident.
+        progress: True: a progress bar where stderr is a terminal, one line per epoch where it is not (a log);
+            "lines": a line per epoch always; "bar": the bar always; False: nothing per epoch
+            (:class:`~pyro_vae.hooks.Progress`).
         data: a pre-loaded data set (default: ``load_dataset`` from the config).
         on_step: called as ``on_step(trainer, epoch, step, loss)`` after every step (with
             ``config.devices > 1``: in rank 0's process, so it must be picklable).
@@ -65,6 +69,8 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         a :class:`TrainResult`; ``result.model`` is the VAE with the *best* validation bound.
     """
     ckpt = check_start(config, resume)                  # clear errors before taking the folder
+    if config.tensorboard:
+        require_tensorboard()                           # and before any process starts
     if ckpt is not None and finished(ckpt, config) and (Path(config.out) / SUMMARY).exists():
         return finished_result(config, ckpt)
     with run_lock(config.out):
@@ -104,8 +110,8 @@ def check_devices(config) -> None:
                              f"{max(1, available)} or --device cpu")
 
 
-def launch(config, resume: bool = False, progress: bool = True, data=None, on_step: Optional[Callable] = None,
-           figures: bool = True):
+def launch(config, resume: bool = False, progress: Union[bool, str] = True, data=None,
+           on_step: Optional[Callable] = None, figures: bool = True):
     """Train with ``config.devices`` processes and return the :class:`~pyro_vae.run.TrainResult` read back
     from the run folder (``model``: ``best.pt``'s model, or the last checkpoint's before the first epoch ended).
 
@@ -243,7 +249,7 @@ def _on_worker_sigint(parent_pid: int):
     return handler
 
 
-def _train_worker(rank: int, world: int, port: int, parent_pid: int, config, resume: bool, progress: bool,
+def _train_worker(rank: int, world: int, port: int, parent_pid: int, config, resume: bool, progress,
                   data, on_step, figures: bool, results, stop_event) -> None:
     """One training process: join the process group and run :func:`~pyro_vae.run.run` with its
     :class:`~pyro_vae.parallel.DDPGroup`; report to the launcher (rank 0: the stop reason; any rank: its error)."""
@@ -260,8 +266,8 @@ def _train_worker(rank: int, world: int, port: int, parent_pid: int, config, res
             device, backend = torch.device("cpu"), "gloo"
         dist.init_process_group(backend, rank=rank, world_size=world)
         result = run(config, DDPGroup(rank, world, device, stop_event), resume=resume,
-                     progress=progress and rank == 0, data=_from_arrays(data), on_step=on_step if rank == 0 else None,
-                     figures=figures)
+                     progress=progress if rank == 0 else False, data=_from_arrays(data),
+                     on_step=on_step if rank == 0 else None, figures=figures)
         if rank == 0:
             results.put(("done", rank, result.stop_reason))
     except KeyboardInterrupt:

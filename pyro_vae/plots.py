@@ -53,6 +53,7 @@ from matplotlib.ticker import MaxNLocator
 
 __all__ = [
     "plot_training_curves",
+    "training_curves_figure",
     "new_figure",
     "save_figure",
     "to_numpy",
@@ -133,7 +134,16 @@ def plot_training_curves(
     path: PathLike,
     title: str = "Training curves",
 ) -> Path:
-    """Plot per-epoch training objective and validation bound (nats per datapoint).
+    """Plot per-epoch training objective and validation bound (nats per datapoint) to ``path``
+    (:func:`training_curves_figure`, saved)."""
+    return save_figure(training_curves_figure(history, title), path)
+
+
+def training_curves_figure(
+    history: Sequence[Mapping[str, float]],
+    title: str = "Training curves",
+) -> Figure:
+    """The figure of :func:`plot_training_curves`, not yet saved.
 
     ``history`` holds one dict per epoch with keys ``"epoch"``, ``"train_loss"``
     (per-datapoint loss minimised; plotted negated as "train objective (-loss)"),
@@ -143,9 +153,11 @@ def plot_training_curves(
     the bound is another one; a history with only ``val_elbo`` plots that as the
     bound) and optionally ``"beta"`` (KL warm-up weight) and ``"lr"`` (ignored).
     Missing or non-finite values are skipped. The best validation epoch is
-    marked and annotated; ``beta`` is drawn on a twin axis if it is ever != 1.
-    If the first epochs are far below the rest, the y-axis is clipped to the
-    bulk of the curve (noted in the figure) so the later epochs stay readable.
+    marked, and its value and epoch are named in the legend; ``beta`` is drawn
+    on a twin axis if it is ever != 1. If the first epochs are far below the
+    rest, the y-axis is clipped to the bulk of the curve so the later epochs
+    stay readable, and a note says so.  The legend and the note sit below the
+    axes, never on the data.
     """
     history = list(history)
     tx, ty = _series(history, "train_loss", negate=True)
@@ -177,35 +189,18 @@ def plot_training_curves(
         best = int(np.argmax(vy))
         bx_best, by_best = vx[best], vy[best]
         ax.axvline(bx_best, color="tab:orange", ls=":", lw=1.0, alpha=0.8)
-        (h,) = ax.plot([bx_best], [by_best], marker="*", ms=13, color="tab:red",
-                       ls="none", zorder=5, label=f"best validation {label}")
+        (h,) = ax.plot([bx_best], [by_best], marker="*", ms=13, color="tab:red", ls="none", zorder=5,
+                       label=f"best validation {label}: {by_best:.2f} at epoch {bx_best:g}")
         handles.append(h)
-        epoch_txt = f"{bx_best:g}"
-        # put the label on the side with more room, below the point
-        xmin = min(tx.min() if len(tx) else bx_best, vx.min())
-        xmax = max(tx.max() if len(tx) else bx_best, vx.max())
-        right_half = xmax > xmin and (bx_best - xmin) > 0.5 * (xmax - xmin)
-        ax.annotate(
-            f"best val {label} {by_best:.2f}\n(epoch {epoch_txt})",
-            xy=(bx_best, by_best),
-            xytext=(-10 if right_half else 10, -28),
-            textcoords="offset points",
-            ha="right" if right_half else "left",
-            va="top",
-            fontsize=8.5,
-            bbox=dict(boxstyle="round,pad=0.25", fc="white", ec="0.7", alpha=0.9),
-            arrowprops=dict(arrowstyle="-", color="0.5", lw=0.8),
-            zorder=6,
-        )
 
     if len(ex):
         (h,) = ax.plot(ex, ey, color="tab:purple", ls="--", lw=1.2, label="validation ELBO")
         handles.append(h)
 
+    notes = []
     all_y = np.concatenate([ty, vy, ey])
     if all_y.size == 0:
-        ax.text(0.5, 0.5, "no finite train_loss / validation values to plot",
-                transform=ax.transAxes, ha="center", va="center", color="0.4")
+        notes.append("no finite train_loss / validation values to plot")
     elif all_y.size >= 8:
         # Robust y-limits: ignore a far-off start (e.g. epoch-1 ELBO of -500 vs -100 later).
         lo_all, hi = float(all_y.min()), float(all_y.max())
@@ -213,12 +208,11 @@ def plot_training_curves(
         span = hi - lo
         if span > 0 and (lo - lo_all) > 0.5 * span:
             ax.set_ylim(lo - 0.15 * span, hi + 0.1 * span)
-            ax.text(0.01, 0.01, "y-axis clipped: early epochs lie below",
-                    transform=ax.transAxes, fontsize=7.5, color="0.4", va="bottom")
+            notes.append(f"y-axis clipped to show the later epochs: the lowest value, {lo_all:.2f}, lies below it")
 
     if len(bx) and not np.all(by == 1.0):
         ax2 = ax.twinx()
-        (h,) = ax2.plot(bx, by, color="tab:green", ls="--", lw=1.2, label="KL weight beta")
+        (h,) = ax2.plot(bx, by, color="tab:green", ls="--", lw=1.2, label="KL weight beta (right axis)")
         handles.append(h)
         ax2.set_ylabel("KL weight beta", color="tab:green")
         ax2.tick_params(axis="y", colors="tab:green")
@@ -231,7 +225,17 @@ def plot_training_curves(
     if all_x.size and all_x.min() == all_x.max():  # single epoch: avoid a 0.96..1.04 axis
         ax.set_xlim(all_x.min() - 1.0, all_x.max() + 1.0)
 
+    # the legend and the notes go in a band below the axes, so they never cover a curve
+    legend_rows = math.ceil(len(handles) / 2)
+    band_in = 0.08 + 0.22 * legend_rows + 0.2 * len(notes)
+    width_in, height_in = fig.get_size_inches()
+    fig.set_size_inches(width_in, height_in + band_in)
+    band = band_in / (height_in + band_in)
+    fig.tight_layout(rect=(0.0, band, 1.0, 1.0))
     if handles:
-        ax.legend(handles=handles, loc="best", fontsize=8.5, framealpha=0.85)
-    fig.tight_layout()
-    return save_figure(fig, path)
+        fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, band), ncol=2, fontsize=8.5,
+                   frameon=False)
+    for i, note in enumerate(notes):
+        fig.text(0.5, 0.02 + 0.2 * (len(notes) - 1 - i) / (height_in + band_in), note, ha="center", va="bottom",
+                 fontsize=8, color="0.35")
+    return fig

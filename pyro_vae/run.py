@@ -8,7 +8,7 @@ import dataclasses
 import json
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import pyro
 
@@ -22,6 +22,7 @@ from .devices import resolve_device
 from .factory import build_model, config_bound_name, load_vae
 from .parallel import SingleProcess
 from .seeds import seed_for
+from .tensorboard_hook import TensorBoardLogger, bound_tag
 from .training import Trainer, best_epoch, epochs_since_best
 from .vae import VAE
 
@@ -93,14 +94,18 @@ def finished_result(config: TrainConfig, ckpt: Dict[str, Any]) -> TrainResult:
                        out, bound, already_finished=True)
 
 
-def run(config: TrainConfig, parallel: Optional[Any] = None, resume: bool = False, progress: bool = True,
-        data: Optional[Dataset] = None, on_step: Optional[Callable] = None, figures: bool = True) -> TrainResult:
+def run(config: TrainConfig, parallel: Optional[Any] = None, resume: bool = False,
+        progress: Union[bool, str] = True, data: Optional[Dataset] = None, on_step: Optional[Callable] = None,
+        figures: bool = True) -> TrainResult:
     """One process's part of a run: assemble the data, the model (contract-checked), the trainer; fit; then
-    the test bounds, ``summary.json`` and the figures.  ``parallel``: this process's
-    :class:`~pyro_vae.parallel.DDPGroup`, or one process (default).  The caller holds the run folder
+    the test bounds, ``summary.json`` and the figures (and, with ``config.tensorboard``, TensorBoard's hparams tab
+    with the test bounds).  ``parallel``: this process's :class:`~pyro_vae.parallel.DDPGroup`, or one process
+    (default); ``progress``: see :class:`~pyro_vae.hooks.Progress`.  The caller holds the run folder
     (:func:`pyro_vae.launch.train` takes its lock and starts the processes)."""
     out = Path(config.out)
     ckpt = check_start(config, resume)
+    # a missing tensorboard package fails here, before minutes of data loading
+    tensorboard = TensorBoardLogger.for_config(config, hparams_at_fit_end=False) if config.tensorboard else None
     device = parallel.device if parallel is not None else resolve_device(config.device)
     parallel = parallel if parallel is not None else SingleProcess(device)
     pyro.clear_param_store()
@@ -111,7 +116,7 @@ def run(config: TrainConfig, parallel: Optional[Any] = None, resume: bool = Fals
     vae, extra = build_model(config, data, fresh=ckpt is None)
     vae = vae.to(device)
     trainer = Trainer(vae, data, config, checkpoint_extra=extra, on_step=on_step, progress=progress,
-                      parallel=parallel)
+                      parallel=parallel, hooks=[tensorboard] if tensorboard else [])
     if config.model and trainer.foreign_params:
         # best.pt and load_vae rebuild the module from its class and state_dict: pyro.param values outside
         # it would come back at their initial values in `evaluate`, `sample` and the summary's test bound
@@ -140,6 +145,11 @@ def run(config: TrainConfig, parallel: Optional[Any] = None, resume: bool = Fals
                    "seconds": sum(r["seconds"] for r in trainer.history)}
         if parallel.is_writer:
             atomic_write_text(json.dumps(summary, indent=2) + "\n", out / SUMMARY)
+        if tensorboard is not None:
+            test = {f"test_{bound_tag(trainer.bound_name)}": test_bound}
+            if trainer.bound_name != "ELBO":
+                test["test_ELBO"] = test_elbo
+            tensorboard.write_hparams(trainer, test)
         if figures and parallel.is_writer:
             from .figures import write_run_figures
             from .plots import plot_training_curves

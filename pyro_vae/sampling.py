@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from .compiled import CompiledFunction
 from .contract import checked_once, modules_of, slice_data
 from .importance import log_weights, program_structure
+from .signals import bar_settings
 
 
 def check_x(x) -> None:
@@ -113,7 +114,7 @@ def importance_sample(model, guide, x, *args, num_samples, particle_chunk, batch
                             **dict(zip(tensors, values))),)
     results = []
     with tqdm(total=len(batches) * len(chunks), desc=desc, unit="chunk", disable=not progress,
-              dynamic_ncols=True) as bar:
+              dynamic_ncols=True, **bar_settings()) as bar:
         note = bar.write if progress else (lambda line: None)
         modules = modules_of(model, guide)
         for module in modules:                   # x checked once here, so not in every chunk's programs

@@ -44,6 +44,22 @@ class SafeStream:
         return getattr(self.stream, name)
 
 
+LOG_REFRESH_SECONDS = 30.0
+
+
+def bar_settings(stream=None) -> dict:
+    """tqdm settings for a progress bar on ``stream`` (stderr by default): tqdm's own on a terminal; where the
+    stream is a file or a pipe (a batch job's log), a refresh at most every :data:`LOG_REFRESH_SECONDS`, so a
+    30-minute evaluation leaves some sixty lines, each with its remaining time, instead of megabytes of
+    carriage-return updates."""
+    stream = stream if stream is not None else sys.stderr
+    try:
+        terminal = bool(stream.isatty())
+    except (AttributeError, OSError, ValueError):
+        terminal = False
+    return {} if terminal else {"mininterval": LOG_REFRESH_SECONDS}
+
+
 class StopOnSignal:
     """While active (a context manager, in the main thread only), the first SIGINT or SIGTERM calls
     ``request_stop()`` and is remembered in :attr:`received`; a second one raises ``KeyboardInterrupt``.

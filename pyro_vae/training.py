@@ -25,7 +25,7 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 import pyro
@@ -44,6 +44,7 @@ from .objectives import bound_name
 from .parallel import SingleProcess
 from .params import ddp_probe, trained_parameters
 from .seeds import epoch_permutation, seed_for
+from .tensorboard_hook import TensorBoardLogger
 from .warmup import KLWarmup, warmup_beta_at_epoch_end
 
 __all__ = ["Trainer", "TrainState", "TrainingDiverged", "TrainConfig", "best_epoch", "epochs_since_best"]
@@ -162,19 +163,27 @@ class Trainer:
         module, data, config: an ``nn.Module`` holding the parameters (e.g. a :class:`~pyro_vae.VAE`), the
             :class:`~pyro_vae.data.Dataset` (train split resampled per epoch if dynamic), the :class:`TrainConfig`.
         objective: any ``pyro.infer.ELBO`` (default from ``config.loss``); checkpoint_extra: saved in checkpoints.
-        on_step: called as ``on_step(trainer, epoch, step, loss)`` after every optimiser step; progress: a bar.
+        on_step: called as ``on_step(trainer, epoch, step, loss)`` after every optimiser step.
+        progress: True (a bar where stderr is a terminal, one line per epoch where it is not), "bar", "lines", or
+            False (nothing per epoch); see :class:`~pyro_vae.hooks.Progress`.
         parallel: :class:`~pyro_vae.parallel.SingleProcess` (default) or this process's
             :class:`~pyro_vae.parallel.DDPGroup` (each process trains on its share of each batch; rank 0 writes).
         optimizer, scheduler: default fused Adam at ``config.lr`` over :attr:`params` (all the objective touches),
-            the schedule ``config.lr_schedule`` names; hooks: called after :func:`~pyro_vae.hooks.default_hooks`.
+            the schedule ``config.lr_schedule`` names; hooks: called after :func:`~pyro_vae.hooks.default_hooks`
+            (and a :class:`~pyro_vae.tensorboard_hook.TensorBoardLogger` is added where ``config.tensorboard`` asks
+            for one and ``hooks`` holds none).
     """
 
     def __init__(self, module: torch.nn.Module, data: Dataset, config: TrainConfig,
                  objective: Optional[ELBO] = None, checkpoint_extra: Optional[Dict[str, Any]] = None,
-                 on_step: Optional[Callable] = None, progress: bool = True, parallel: Optional[Any] = None, *,
+                 on_step: Optional[Callable] = None, progress: Union[bool, str] = True,
+                 parallel: Optional[Any] = None, *,
                  optimizer: Optional[torch.optim.Optimizer] = None, scheduler: Any = None,
                  hooks: Sequence[Hook] = ()):
         self.module, self.data, self.config, self.checkpoint_extra = module, data, config, checkpoint_extra or {}
+        hooks = list(hooks)
+        if config.tensorboard and not any(isinstance(hook, TensorBoardLogger) for hook in hooks):
+            hooks.append(TensorBoardLogger.for_config(config))   # a missing package fails here, before any step
         self.objective = objective or objective_for(config)
         self.bound_name = bound_name(self.objective)   # "ELBO", "IWAE_5", ...: what validation and early stopping use
         self.device = next(module.parameters()).device
@@ -193,7 +202,7 @@ class Trainer:
             module, self.objective, self.valid[:2], self.num_train, self.device, **two), self.foreign_params)
         self.optimizer = optimizer or make_adam(self.params, config.lr)
         self.scheduler = scheduler if scheduler is not None else build_scheduler(config, self.optimizer)
-        self.hooks = default_hooks(config.patience, progress, on_step) + list(hooks)
+        self.hooks = default_hooks(config.patience, progress, on_step) + hooks
         self.compiled = CompiledStep(module, self.objective, self.params, self.num_train, config.compile,
                                      lambda line: notify(self.hooks, self, line), self.parallel.world_size > 1)
 

@@ -1,6 +1,8 @@
 """Tests for pyro_vae.plots: files are written and readable, shapes/aspects sane, PCA correct."""
 
 import math
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,6 +70,28 @@ def test_training_curves_all_nonfinite_and_tensor_values(tmp_path):
     _read_png(plots.plot_training_curves(hist, tmp_path / "tensors.png"))
 
 
+def test_training_curves_keep_the_legend_and_notes_off_the_data():
+    """The best value, the legend and the clipped-axis note sit in a band below the axes (issue 15: they covered
+    the curves)."""
+    hist = _history(30)
+    hist[0]["val_elbo"] = -900.0                                    # a far-off first epoch: the y-axis is clipped
+    fig = plots.training_curves_figure(hist)
+    fig.canvas.draw()                                               # lays the figure out as saving does
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    plot_area = ax.get_window_extent(renderer)
+    labels = [t.get_text() for t in fig.texts]
+    assert any("y-axis clipped" in text and "-900.00" in text for text in labels), labels
+    assert fig.legends and not ax.get_legend() and not ax.texts     # nothing written inside the axes
+    legend_labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any(text.startswith("best validation ELBO: ") and "at epoch 30" in text for text in legend_labels)
+    for artist in fig.legends + fig.texts:
+        box = artist.get_window_extent(renderer)
+        assert box.y1 <= plot_area.y0 and not box.overlaps(plot_area), artist
+    for artist in ax.get_xticklabels() + [ax.xaxis.label]:          # and below the x-axis labels too
+        assert fig.legends[0].get_window_extent(renderer).y1 <= artist.get_window_extent(renderer).y0
+
+
 # --------------------------------------------------------------------------- image grids
 def test_image_grid_16_is_roughly_square(tmp_path):
     imgs = torch.rand(16, 28 * 28)
@@ -114,6 +138,25 @@ def test_reconstructions_layout(tmp_path):
                                                 (8, 8), tmp_path / "r25.png"))
     # 25 -> 3 row pairs: taller than the 10-image figure at similar width
     assert _aspect(img2) < _aspect(img) / 2
+
+
+def test_reconstructions_are_worded_by_the_layout_and_the_likelihood():
+    """Pairs of rows, not "top/bottom"; binarized inputs and Bernoulli (or Gaussian) means named as such."""
+    from types import SimpleNamespace
+    from pyro_vae.figures import reconstruction_wording
+    from pyro_vae.likelihoods import BernoulliLikelihood, GaussianLikelihood
+    binary = torch.bernoulli(torch.full((30, 64), 0.5))
+    title, labels = reconstruction_wording(SimpleNamespace(likelihood=BernoulliLikelihood()),
+                                           SimpleNamespace(binarize="dynamic"), binary)
+    assert title.startswith("Pairs of rows: binarized test inputs (0/1 samples")
+    assert "above their reconstructions, the Bernoulli means" in title and "top" not in title
+    assert labels == ("input\n(binarized)", "reconstruction\n(Bernoulli mean)")
+    title, labels = reconstruction_wording(SimpleNamespace(likelihood=GaussianLikelihood(64)),
+                                           SimpleNamespace(binarize="none"), torch.rand(30, 64))
+    assert "test inputs\nabove their reconstructions, the Gaussian means" in title and labels[0] == "input"
+    assert "top" not in image_plots.plot_reconstructions.__defaults__[0]
+    _read_png(image_plots.plot_reconstructions(binary, binary, (8, 8), Path(tempfile.mkdtemp()) / "r.png",
+                                               title=title, labels=("a much longer input label", "b")))
 
 
 def test_reconstructions_mismatch_raises(tmp_path):
