@@ -57,7 +57,7 @@ def seconds_per_epoch(out: Path) -> Optional[float]:
     if not path.exists():
         return None
     seconds = [json.loads(line)["seconds"] for line in path.read_text().splitlines() if line.strip()]
-    return statistics.median(seconds) if seconds else None
+    return statistics.median(seconds[-10:]) if seconds else None      # the machine as it is now
 
 
 def curve_point(config, num_samples: int, points: int) -> Dict:
@@ -81,8 +81,8 @@ def advance(runs, states: Dict, budget: Dict, hours: float, revision: str) -> No
             per_epoch = seconds_per_epoch(out) or 0.0
             need = (milestone - state["epochs"]) * per_epoch + CURVE_SECONDS
             if time.monotonic() + need > deadline:
-                print(f"{binarization}: {name}: {milestone} epochs would take ~{need / 60:.0f} min more than "
-                      f"--hours leaves; stopping at {state['epochs']}", flush=True)
+                print(f"{binarization}: {name}: training on to epoch {milestone} would take ~{need / 60:.0f} min, "
+                      f"more than --hours leaves; it stays at epoch {state['epochs']} this time", flush=True)
                 continue
             print(f"{binarization}: {name}: training epochs {state['epochs'] + 1}..{milestone}", flush=True)
             result = train(dataclasses.replace(config, epochs=milestone), resume=(out / CHECKPOINT).exists(),
