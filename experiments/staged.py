@@ -57,7 +57,9 @@ def seconds_per_epoch(out: Path) -> Optional[float]:
     if not path.exists():
         return None
     seconds = [json.loads(line)["seconds"] for line in path.read_text().splitlines() if line.strip()]
-    return statistics.median(seconds[-10:]) if seconds else None      # the machine as it is now
+    # the last 10 epochs (the machine as it is now); fewer than 3 say too little (a resumed epoch counts the
+    # time before the stop too), and the short first segments run
+    return statistics.median(seconds[-10:]) if len(seconds) >= 3 else None
 
 
 def curve_point(config, num_samples: int, points: int) -> Dict:
@@ -71,16 +73,18 @@ def curve_point(config, num_samples: int, points: int) -> Dict:
 
 
 def advance(runs, states: Dict, budget: Dict, hours: float, revision: str) -> None:
-    """Train every run on, milestone by milestone, while the estimated time fits in ``hours``."""
-    deadline = time.monotonic() + hours * 3600
+    """Train every run on, milestone by milestone, while the estimated time fits in ``hours``; a run whose
+    next segment does not fit stays where it is for this invocation."""
+    deadline, waiting = time.monotonic() + hours * 3600, set()
     for milestone in milestones(budget["target_epochs"]):
         for binarization, name, seed, config in runs:
             state, out = states[config.out], Path(config.out)
-            if state["epochs"] >= milestone:
+            if state["epochs"] >= milestone or config.out in waiting:
                 continue
             per_epoch = seconds_per_epoch(out) or 0.0
             need = (milestone - state["epochs"]) * per_epoch + CURVE_SECONDS
             if time.monotonic() + need > deadline:
+                waiting.add(config.out)
                 print(f"{binarization}: {name}: training on to epoch {milestone} would take ~{need / 60:.0f} min, "
                       f"more than --hours leaves; it stays at epoch {state['epochs']} this time", flush=True)
                 continue
