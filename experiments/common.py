@@ -26,8 +26,9 @@ class StudyError(Exception):
     """A study cannot go on as asked (a kept record made with other settings); the message says what to do."""
 
 
-# Config fields that say where things are, how fast they run or where they are logged, not what is computed: left out of a
-# record's key, so a study moved to another folder, or run with another data folder, keeps its records.
+# Config fields that say where things are, how fast they run or where they are logged, not what is computed:
+# left out of a record's key, so a study moved to another folder, or run with another data folder, keeps its
+# records.
 NOT_IN_KEY = ("out", "data_dir", "download", "compile", "tensorboard", "tensorboard_images_every")
 
 
