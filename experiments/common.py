@@ -57,7 +57,9 @@ def kept_record(path: Path, settings: Dict) -> Optional[Dict]:
         return None
     record = json.loads(path.read_text())
     saved = record.get("settings") or {"config": record.get("config", {}), "seed": record.get("seed"),
-                                       **({"eval_points": record["eval_points"]} if "eval_points" in record else {}),
+                                       # records of before 2026-12-03 scored the first eval_points points
+                                       **({"eval_points": record["eval_points"], "subsets": "first"}
+                                          if "eval_points" in record else {}),
                                        **({"train_gap": "strided"} if "train_log_px" in record else {})}
     changed = differences(saved, settings)
     if changed:
@@ -87,7 +89,8 @@ def run_one(name: str, seed: int, config: TrainConfig, num_samples: int, out: Pa
     records); one made with other settings is an error, never silently reused."""
     record_path = out / "record.json"
     settings = run_settings(config, budget=budget, seed=seed, num_samples=num_samples, eval_points=eval_points,
-                            train_gap=train_gap, **({"gap_points": gap_points} if gap_points else {}))
+                            train_gap=train_gap, **({"gap_points": gap_points} if gap_points else {}),
+                            **({"subsets": "strided"} if eval_points else {}))
     record = kept_record(record_path, settings)
     if record is not None:
         return record

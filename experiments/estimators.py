@@ -44,11 +44,11 @@ BUDGETS: Dict[str, Dict] = {
     # seconds, for CI: digits and a tiny network; proves the pipeline, numbers meaningless
     "smoke": dict(seeds=[0], ks=[1, 2], num_samples=20, eval_points=50, two_layer_args=dict(latent1_dim=4, hidden2=[8]),
                   train=dict(dataset="digits", hidden=(16,), latent_dim=2, epochs=1, patience=0)),
-    # ~30 min on 2 CPU cores: k in {1, 5} (k = 50 does not fit this budget on a CPU), 3 epochs of
-    # Fashion-MNIST, log p(x) on 250 test and 250 training points, strided over each split (S = 5000 on 500 points takes
-    # longer than the training itself)
-    "small": dict(seeds=[0, 1, 2], ks=[1, 5], num_samples=5000, eval_points=250, two_layer_args={},
-                  train=dict(ARCHITECTURE, epochs=3, patience=0)),
+    # k in {1, 5} (k = 50 does not fit a CPU), 3 epochs of Fashion-MNIST; log p(x) with S = 5000 on all 10,000
+    # test points and as many random training points (the train/test gap): ~8 hours on 2 CPU cores, nearly all
+    # of it the 30 evaluations; the table committed from the earlier 250-point budget is kept until it reruns
+    "small": dict(seeds=[0, 1, 2], ks=[1, 5], num_samples=5000, eval_points=None, train_gap="random",
+                  two_layer_args={}, train=dict(ARCHITECTURE, epochs=3, patience=0)),
     # the paper's setting (GPU): k in {1, 5, 50}, 3^8 passes schedule approximated by 3280 epochs
     "full": dict(seeds=[0, 1, 2], ks=[1, 5, 50], num_samples=5000, eval_points=None, two_layer_args={},
                  train=dict(ARCHITECTURE, epochs=3280, patience=0, lr_schedule="exponential", lr_gamma=0.999)),
