@@ -2,7 +2,7 @@
 from .likelihoods import (BernoulliLikelihood, ContinuousBernoulliLikelihood, GaussianLikelihood,
                           Likelihood, LikelihoodError, build_likelihood)
 from .networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
-from .priors import Prior, StandardNormalPrior, build_prior
+from .priors import MixtureOfGaussiansPrior, Prior, StandardNormalPrior, VampPrior, build_prior
 from .vae import VAE, build_vae
 from .plates import data_plate
 from .importance import ModelGuideContractError, importance_weights, log_weights
