@@ -94,6 +94,42 @@ def test_reconstruct_command(trained_run):
     assert_png(trained_run / "r.png")
 
 
+def test_sample_and_reconstruct_write_into_the_run_folder_by_default(trained_run, tmp_path, monkeypatch, capsys):
+    """Without --out, what a command makes of a run lands in the run folder (not the current folder), whether
+    the checkpoint is named by its folder or by its file."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["sample", str(trained_run), "--num", "4", "--device", "cpu"]) == 0
+    assert main(["reconstruct", str(trained_run / "best.pt"), "--num", "3", "--device", "cpu"]) == 0
+    assert np.load(trained_run / "samples.npy").shape == (4, 64)
+    assert np.load(trained_run / "reconstructions.npy").shape == (2, 3, 64)
+    assert_png(trained_run / "samples.png") and assert_png(trained_run / "reconstructions.png")
+    assert list(tmp_path.iterdir()) == []                          # nothing in the current folder
+    printed = capsys.readouterr().out
+    assert str(trained_run / "samples.npy") in printed and str(trained_run / "reconstructions.npy") in printed
+
+
+@pytest.mark.parametrize("command", ["sample", "reconstruct"])
+def test_sample_and_reconstruct_take_a_device(trained_run, command, capsys):
+    args = build_parser().parse_args([command, str(trained_run), "--device", "auto"])
+    assert args.device == "auto"
+    if not torch.cuda.is_available():
+        assert main([command, str(trained_run), "--device", "cuda", "--out", str(trained_run / "x")]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"pyro-vae {command}: error: ") and "CUDA is not available" in err
+
+
+def test_version_flag_prints_the_one_version(capsys):
+    from importlib.metadata import version
+    from pyro_vae import __version__
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"pyro-vae {__version__}"
+    assert version("pyro_vae") == __version__          # the installed metadata reads pyro_vae/version.py
+    done = subprocess.run([str(CONSOLE_SCRIPT), "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == f"pyro-vae {__version__}"
+
+
 def test_console_script_help():
     done = subprocess.run([str(CONSOLE_SCRIPT), "train", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
