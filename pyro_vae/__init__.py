@@ -14,5 +14,5 @@ from .gaps import InferenceGaps, inference_gaps
 from .config import TrainConfig
 from .training import Trainer
 from .launch import train
-from .factory import load_vae
+from .factory import load, load_vae, save
 from .version import __version__

@@ -16,6 +16,7 @@ from .cli_train import add_train_command, config_from_args  # noqa: F401 (config
 from .data import DataError
 from .training import TrainingDiverged
 from .version import __version__
+from .wording import cli_message
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +38,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         return args.func(args, argv)
     except (DataError, ValueError, FileNotFoundError, FileExistsError, TrainingDiverged) as e:
-        print(f"pyro-vae {args.command}: error: {e}", file=sys.stderr)
+        print(f"pyro-vae {args.command}: error: {cli_message(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:   # outside the training loop (which saves and returns by itself)
         print(f"pyro-vae {args.command}: interrupted", file=sys.stderr)

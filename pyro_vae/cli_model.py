@@ -44,16 +44,20 @@ def _output_stem(args, default: str) -> Path:
     return out
 
 
-def _model_on_device(args):
-    """The checkpoint's model (eval mode) and config, on ``--device``."""
+def _model_on_device(args, needs_data: bool = True):
+    """The checkpoint's model (eval mode) and config, on ``--device``; ``needs_data``: the command reads the
+    run's data set, so the checkpoint must hold the config that names it."""
     device = resolve_device(args.device)
     vae, config = load_vae(args.checkpoint, map_location=str(device))
+    if needs_data and config is None:
+        raise ValueError(f"{args.checkpoint} holds a model saved without its run's config, which names the data "
+                         f"set this command reads: save it with pyro_vae.save(model, path, config=TrainConfig(...))")
     return vae.to(device), config, device
 
 
 def _cmd_sample(args, argv) -> int:
     from .image_plots import plot_image_grid
-    vae, _, device = _model_on_device(args)
+    vae, _, device = _model_on_device(args, needs_data=False)
     if not callable(getattr(vae, "sample", None)):
         raise ValueError(f"{type(vae).__name__} has no sample(num_samples) method, which `pyro-vae sample` calls "
                          f"(see docs/declaring_models.md)")

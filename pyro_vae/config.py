@@ -23,6 +23,7 @@ from typing import Any, Dict, Optional, Tuple
 
 from .data import BINARIZE_MODES
 from .devices import DEVICE_HELP, valid_device_name
+from .wording import usage_error
 
 LR_SCHEDULES = ("none", "exponential", "cosine")
 # Changing these between a run and its --resume cannot corrupt the saved state.
@@ -133,6 +134,25 @@ class TrainConfig:
             raise ValueError(f"unknown config keys {unknown}; known keys: {sorted(known)}")
         return cls(**values)
 
+
+
+def check_resume(saved: Dict[str, Any], config: TrainConfig, path) -> None:
+    """Refuse to resume the run whose checkpoint ``path`` saved config ``saved`` under ``config`` if a setting
+    outside :data:`RESUMABLE_CHANGES` changed (or ``epochs`` under a cosine schedule), listing every change.
+    A setting the saved config lacks (a run made before it existed) counts as its default."""
+    saved = {**TrainConfig().to_dict(), **saved}
+    changed = {k: (saved.get(k), v) for k, v in config.to_dict().items()
+               if saved.get(k) != v and k not in RESUMABLE_CHANGES}
+    if saved.get("lr_schedule") == "cosine" and saved.get("epochs") != config.epochs:
+        changed["epochs"] = (saved.get("epochs"), config.epochs)   # the cosine schedule is fixed by epochs
+    if changed:
+        listing = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        what = f"cannot resume {path} with a different config ({listing}); only {', '.join(RESUMABLE_CHANGES)} may"
+        raise usage_error(ValueError,
+                          f"{what} change when resuming (epochs not with lr_schedule='cosine', whose schedule ends "
+                          f"at the original epochs)",
+                          f"{what} change on --resume (epochs not with --lr-schedule cosine, whose schedule ends at "
+                          f"the original --epochs)")
 
 
 SECTIONS: Dict[str, Tuple[str, ...]] = {

@@ -37,12 +37,14 @@ from .factory import config_bound_name, load_vae
 from .parallel import DDPGroup
 from .run import TrainResult, check_start, finished, finished_result, run
 from .signals import STOP_SIGNALS, say
+from .wording import usage_error
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True,
           data: Optional[Dataset] = None, on_step: Optional[Callable] = None,
-          figures: bool = True) -> TrainResult:
-    """Train a VAE as ``config`` says, writing checkpoints, metrics, config and figures to ``config.out``.
+          figures: bool = True, model: Optional[torch.nn.Module] = None) -> TrainResult:
+    """Train a VAE as ``config`` says, writing checkpoints, metrics, config, ``summary.json`` (with the test
+    bounds) and figures to ``config.out``: everything ``pyro-vae train`` does, which calls it.
 
     Args:
         config: the run's :class:`TrainConfig`.
@@ -53,6 +55,9 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         on_step: called as ``on_step(trainer, epoch, step, loss)`` after every step (with
             ``config.devices > 1``: in rank 0's process, so it must be picklable).
         figures: write the PNG figures at the end.
+        model: a model declared in Python (any module on the contract of :mod:`pyro_vae.contract`), trained in
+            place of the one the config's model settings describe; in this process only (``config.devices``
+            1).  Its checkpoints store its spec where it has one, so :func:`pyro_vae.load` reads the run.
 
     With ``config.devices > 1`` the run is data-parallel over that many processes (:func:`launch`); the
     result is read back from the run folder.
@@ -64,13 +69,17 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
     Returns:
         a :class:`TrainResult`; ``result.model`` is the VAE with the *best* validation bound.
     """
+    if model is not None and config.devices > 1:
+        raise ValueError(f"train(config, model=...) trains in this process; for devices={config.devices} name the "
+                         f"model's class in the config instead (TrainConfig(model='package.module:Class'))")
     ckpt = check_start(config, resume)                  # clear errors before taking the folder
     if ckpt is not None and finished(ckpt, config) and (Path(config.out) / SUMMARY).exists():
-        return finished_result(config, ckpt)
+        return finished_result(config, ckpt, model)
     with run_lock(config.out):
         if config.devices > 1:
             return launch(config, resume=resume, progress=progress, data=data, on_step=on_step, figures=figures)
-        return run(config, None, resume=resume, progress=progress, data=data, on_step=on_step, figures=figures)
+        return run(config, None, resume=resume, progress=progress, data=data, on_step=on_step, figures=figures,
+                   model=model)
 
 
 # -- the launcher ----------------------------------------------------------------------------------------
@@ -99,9 +108,11 @@ def check_devices(config) -> None:
     if uses_cuda(config.device):
         available = torch.cuda.device_count()
         if available < config.devices:
-            raise ValueError(f"--devices {config.devices} with --device {config.device} needs one GPU per process, "
-                             f"but {available} {'is' if available == 1 else 'are'} visible; use --devices "
-                             f"{max(1, available)} or --device cpu")
+            visible = f"one GPU per process, but {available} {'is' if available == 1 else 'are'} visible"
+            raise usage_error(ValueError, f"devices={config.devices} with device={config.device!r} needs {visible}; use "
+                                          f"devices={max(1, available)} or device='cpu'",
+                              f"--devices {config.devices} with --device {config.device} needs {visible}; use "
+                              f"--devices {max(1, available)} or --device cpu")
 
 
 def launch(config, resume: bool = False, progress: bool = True, data=None, on_step: Optional[Callable] = None,
