@@ -8,11 +8,10 @@ from typing import Dict, Iterable, List, Optional
 
 import torch
 
-from pyro_vae.data import load_dataset
 from pyro_vae.evaluation import evaluate
 from pyro_vae.checkpoint import CHECKPOINT, SUMMARY
 from pyro_vae.config import TrainConfig
-from pyro_vae.factory import load_vae
+from pyro_vae.factory import config_dataset, load_vae
 from pyro_vae.launch import train
 
 
@@ -53,8 +52,7 @@ def run_one(name: str, seed: int, config: TrainConfig, num_samples: int, out: Pa
     if not (out / SUMMARY).exists():
         train(config, resume=(out / CHECKPOINT).exists(), progress=False, figures=False)
     vae, config = load_vae(out)
-    data = load_dataset(config.dataset, config.data_dir, config.resolved_binarize(), config.valid_size, config.seed,
-                        config.download)
+    data = config_dataset(config, download=config.download)
     record = {"name": name, "seed": seed, "revision": revision, "config": config.to_dict(),
               "train_summary": json.loads((out / SUMMARY).read_text())}
     # training points as the model saw them in its first epoch (dynamic binarization resamples them)

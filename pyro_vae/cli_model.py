@@ -9,11 +9,10 @@ import numpy as np
 import torch
 
 from .contract import uses_labels
-from .data import load_dataset
 from .checkpoint import load_checkpoint
 from .devices import resolve_device
 from .cli_train import int_list, positive_int
-from .factory import load_vae
+from .factory import config_dataset, load_vae
 
 
 def _image_shape(checkpoint) -> Optional[List[int]]:
@@ -90,8 +89,7 @@ def _cmd_reconstruct(args, argv) -> int:
         raise ValueError(f"{type(vae).__name__} has no reconstruct(x) method, which `pyro-vae reconstruct` calls "
                          f"(see docs/declaring_models.md)")
     image_shape = _image_shape(args.checkpoint)
-    data = load_dataset(config.dataset, args.data_dir or config.data_dir, config.resolved_binarize(),
-                        config.valid_size, config.seed)
+    data = config_dataset(config, args.data_dir)
     # in dynamic mode the train split holds grey levels: show it as the model saw it in epoch 1
     split = data.train_epoch(0, config.seed) if args.split == "train" else data.split(args.split)
     x = split[: args.num]
@@ -110,8 +108,7 @@ def _cmd_reconstruct(args, argv) -> int:
 def _evaluation_inputs(args):
     """The checkpoint's model on ``--device`` and the points of ``--split`` (the first ``--num``), with labels."""
     vae, config, device = _model_on_device(args)
-    data = load_dataset(config.dataset, args.data_dir or config.data_dir, config.resolved_binarize(),
-                        config.valid_size, config.seed)
+    data = config_dataset(config, args.data_dir)
     if args.split == "train" and data.binarize == "dynamic":
         raise ValueError("the train split is re-binarized every epoch (dynamic binarization); evaluate on "
                          "valid or test, which are binarized once")

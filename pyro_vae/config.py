@@ -21,7 +21,7 @@ import math
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from .data import BINARIZE_MODES
+from .data import BINARIZE_MODES, SCALE_UINT8_MODES
 from .devices import DEVICE_HELP, valid_device_name
 from .wording import usage_error
 
@@ -43,6 +43,7 @@ class TrainConfig:
     binarize: str = "auto"           # auto: dynamic for the Bernoulli likelihood (binary data, resampled
                                      # every epoch), none for the others and for already-binary data
     valid_size: Optional[int] = None  # None: the data set's default hold-out size
+    scale_uint8: str = "auto"        # .npy/.npz: divide uint8 pixels by 255 where above 1 (auto), always (on), never (off)
     # model
     model: Optional[str] = None      # "package.module:Class": a user model (pyro_vae.contract); None: our VAE
     model_args: Dict[str, Any] = dataclasses.field(default_factory=dict)   # extra keyword arguments of the factory
@@ -103,6 +104,8 @@ class TrainConfig:
                 problems.append(f"{name} must be a finite number >= 0, got {value}")
         if self.vamp_init not in ("data", "random"):
             problems.append(f"vamp_init must be data or random, got {self.vamp_init!r}")
+        if self.scale_uint8 not in SCALE_UINT8_MODES:
+            problems.append(f"scale_uint8 must be one of {SCALE_UINT8_MODES}, got {self.scale_uint8!r}")
         if self.binarize not in ("auto",) + BINARIZE_MODES:
             problems.append(f"binarize must be auto or one of {BINARIZE_MODES}, got {self.binarize!r}")
         if not self.hidden or min(self.hidden) < 1:
@@ -156,7 +159,7 @@ def check_resume(saved: Dict[str, Any], config: TrainConfig, path) -> None:
 
 
 SECTIONS: Dict[str, Tuple[str, ...]] = {
-    "data": ("dataset", "data_dir", "download", "binarize", "valid_size"),
+    "data": ("dataset", "data_dir", "download", "binarize", "valid_size", "scale_uint8"),
     "model": ("model", "model_args", "network", "hidden", "channels", "latent_dim", "activation", "likelihood",
               "sigma", "learn_sigma", "prior", "prior_components", "vamp_init"),
     "objective": ("loss", "num_particles", "gradient", "num_outer", "ciwae_beta"),

@@ -17,7 +17,7 @@ from pyro.infer import ELBO
 from .checkpoint import atomic_save, load_checkpoint, model_checkpoint
 from .config import TrainConfig
 from .contract import build_user_model, check_model, uses_labels
-from .data import Dataset
+from .data import Dataset, load_dataset
 from .devices import resolve_device
 from .objectives import bound_name, build_objective
 from .specs import ARGS, CLASS, MODULE, SAME_AS, NotDescribable, describe
@@ -153,6 +153,13 @@ def module_record(module: Any, image_shape: Optional[Sequence[int]] = None) -> D
     except NotDescribable:
         return {}
     return {"module_spec": spec, "image_shape": list(image_shape) if image_shape else None}
+
+
+def config_dataset(config: TrainConfig, data_dir: Optional[str] = None, download: bool = False) -> Dataset:
+    """The data set a run of ``config`` trains on (:func:`~pyro_vae.data.load_dataset` with its data settings);
+    ``data_dir`` overrides the config's folder, ``download`` fetches missing files."""
+    return load_dataset(config.dataset, data_dir or config.data_dir, config.resolved_binarize(), config.valid_size,
+                        config.seed, download, scale_uint8=config.scale_uint8)
 
 
 def model_kwargs(config: TrainConfig, data: Dataset) -> Dict[str, Any]:

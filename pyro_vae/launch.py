@@ -31,9 +31,9 @@ import torch.distributed as dist
 
 from .checkpoint import BEST, CHECKPOINT, SUMMARY, load_checkpoint, run_lock
 from .config import TrainConfig
-from .data import Dataset, load_dataset
+from .data import Dataset
 from .devices import resolve_device
-from .factory import config_bound_name, load_vae
+from .factory import config_bound_name, config_dataset, load_vae
 from .parallel import DDPGroup
 from .run import TrainResult, check_start, finished, finished_result, run
 from .signals import STOP_SIGNALS, say
@@ -51,7 +51,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True,
         resume: continue from ``OUT/checkpoint.pt`` (exactly: same parameters, optimizer state, RNG
             and data order as if never stopped).  Without it, an existing checkpoint is an error, so
             a run is never overwritten by accident.
-        data: a pre-loaded data set (default: ``load_dataset`` from the config).
+        data: a pre-loaded data set (default: the config's, :func:`~pyro_vae.factory.config_dataset`).
         on_step: called as ``on_step(trainer, epoch, step, loss)`` after every step (with
             ``config.devices > 1``: in rank 0's process, so it must be picklable).
         figures: write the PNG figures at the end.
@@ -135,8 +135,7 @@ def launch(config, resume: bool = False, progress: bool = True, data=None, on_st
             raise ValueError(f"on_step must be picklable to run in the training processes (--devices {world}): "
                              f"a module-level function or an instance of a module-level class ({e})") from None
     if data is None and config.download:   # fetch missing files once, not N times at once into one folder
-        load_dataset(config.dataset, config.data_dir, config.resolved_binarize(), config.valid_size, config.seed,
-                     True)
+        config_dataset(config, download=True)
     import torch.multiprocessing as mp
     ctx = mp.get_context("spawn")
     results, stop_event = ctx.SimpleQueue(), ctx.Event()

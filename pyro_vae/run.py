@@ -17,9 +17,9 @@ from .bounds import split_bounds
 from .checkpoint import BEST, CONFIG, SUMMARY, atomic_write_text, load_checkpoint, migrate_history, refuse_overwrite
 from .config import TrainConfig
 from .contract import side_inputs
-from .data import Dataset, load_dataset
+from .data import Dataset
 from .devices import resolve_device
-from .factory import build_model, config_bound_name, load_vae, module_record
+from .factory import build_model, config_bound_name, config_dataset, load_vae, module_record
 from .parallel import SingleProcess
 from .seeds import seed_for
 from .training import Trainer, best_epoch, epochs_since_best, resume_checkpoint
@@ -103,8 +103,7 @@ def run(config: TrainConfig, parallel: Optional[Any] = None, resume: bool = Fals
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
     if data is None:
-        data = load_dataset(config.dataset, config.data_dir, config.resolved_binarize(), config.valid_size,
-                            config.seed, config.download)
+        data = config_dataset(config, download=config.download)
     if model is not None:
         vae, extra = model, module_record(model, data.image_shape)
     else:

@@ -209,6 +209,24 @@ def test_error_values_outside_unit_interval(tmp_path, capsys):
                                 "continuous-bernoulli", "--out", str(tmp_path / "run")], "[0, 1]")
 
 
+def test_scale_uint8_flag_reaches_training_and_the_commands_on_the_run(tmp_path, capsys):
+    """uint8 data under a Gaussian likelihood: the default divides by 255 and says so in one line; --scale-uint8
+    off keeps 0..255 in training and in the commands that reload the data from the run's config."""
+    path = tmp_path / "pixels.npy"
+    np.save(path, np.random.default_rng(0).integers(0, 256, size=(60, 16), dtype=np.uint8))
+    flags = ["train", "--dataset", str(path), "--likelihood", "gaussian", "--sigma", "1", "--hidden", "8",
+             "--latent-dim", "2", "--epochs", "1", "--no-progress", "--no-figures"]
+    assert main(flags + ["--out", str(tmp_path / "auto")]) == 0
+    assert f"{path}: uint8 values 0..255 divided by 255" in capsys.readouterr().err
+    assert main(flags + ["--scale-uint8", "off", "--out", str(tmp_path / "off")]) == 0
+    assert "divided by 255" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "off" / "config.json").read_text())["scale_uint8"] == "off"
+    assert main(["reconstruct", str(tmp_path / "off"), "--num", "5"]) == 0
+    assert np.load(tmp_path / "off" / "reconstructions.npy")[0].max() > 200          # the inputs kept 0..255
+    assert main(["reconstruct", str(tmp_path / "auto"), "--num", "5"]) == 0
+    assert np.load(tmp_path / "auto" / "reconstructions.npy")[0].max() <= 1
+
+
 def test_error_invalid_config_value(tmp_path, capsys):
     assert_train_error(capsys, ["--lr", "-1", "--out", str(tmp_path / "run")], "lr must be a finite number > 0")
 
