@@ -52,8 +52,9 @@ def test_documented_part_names_import_from_the_package():
     import pyro_vae
     import pyro_vae.examples
     homes = (pyro_vae, pyro_vae.examples, pyro.infer)     # the worked examples import from pyro_vae.examples
+    declared = {name for path in DOCS for name in re.findall(r"^class (\w+)", path.read_text(), flags=re.M)}
     missing = sorted({(path.name, name) for path in DOCS for name in PART.findall(path.read_text())
-                      if not any(hasattr(home, name) for home in homes)})
+                      if name not in declared and not any(hasattr(home, name) for home in homes)})
     assert not missing, f"named in the docs but not importable from pyro_vae: {missing}"
 
 
