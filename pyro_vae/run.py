@@ -124,7 +124,8 @@ def run(config: TrainConfig, parallel: Optional[Any] = None, resume: bool = Fals
         atomic_write_text(json.dumps(config.to_dict(), indent=2) + "\n", out / CONFIG)
     stop_reason = trainer.fit()
     parallel.barrier()   # the writer has written best.pt
-    best = best_model(out, device, model) or vae
+    best = best_model(out, device, model)
+    best = vae if best is None else best
     if stop_reason != "interrupted":
         test_bound, test_elbo = split_bounds(trainer.objective, best, data.test.to(trainer.device),
                                              seed_for(config.seed, "test"), config.eval_batch_size, parallel,
