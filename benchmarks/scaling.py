@@ -3,7 +3,8 @@
 Setting: the 784-400-20 MLP VAE of ``benchmarks/train_step.py`` (Bernoulli likelihood, ``Trace_ELBO``,
 global batch 128, fused Adam) on statically binarized Fashion-MNIST where Debian's dataset-fashion-mnist
 package is installed (/usr/share/datasets/fashion-mnist), else the default digits VAE (64-256-256-8,
-batch 100).  Every run trains one epoch of ``--steps`` global batches through :func:`pyro_vae.launch.train`,
+batch 100), whose 1257 training rows are repeated to fill the steps (digits alone make 13 batches).  Every run
+trains one epoch of ``--steps`` global batches through :func:`pyro_vae.launch.train`,
 the path ``pyro-vae train`` takes, with the same config, seed and global batch; only the number of processes
 changes.  A picklable ``on_step`` clock in rank 0's process stamps every step; the rate is (steps after the
 first ``--warmup`` ones) x batch / their wall time, so process start-up, imports, validation and checkpoints
@@ -24,6 +25,7 @@ nccl), where a step's compute is large against the all-reduce (not measured: no 
 import argparse
 import dataclasses
 import json
+import math
 import platform
 import statistics
 import tempfile
@@ -33,8 +35,10 @@ from pathlib import Path
 import torch
 
 from pyro_vae.data import DataError, load_dataset
-from pyro_vae.launch import available_cpus, train
+from pyro_vae.devices import resolve_device
+from pyro_vae.launch import available_cpus, check_devices, train
 from pyro_vae.training import TrainConfig
+from pyro_vae.wording import cli_message
 
 
 class StepClock:
@@ -50,11 +54,12 @@ class StepClock:
         if step == trainer.steps_per_epoch:
             Path(self.path).write_text(json.dumps({"stamps": self.stamps, "losses": self.losses,
                                                    "threads": torch.get_num_threads(),
-                                                   "world": trainer.world_size}))
+                                                   "world": trainer.parallel.world_size}))
 
 
 def setting(steps: int, data_dir=None, batch_size=None):
-    """The data (training split cut to ``steps`` global batches) and the config without devices/out."""
+    """The data (training split cut, or repeated, to ``steps`` full global batches) and the config without
+    devices/out."""
     try:
         data = load_dataset("fashion-mnist", data_dir, binarize="static")
         name = "Fashion-MNIST (Debian package), statically binarized, 784-400-20 VAE"
@@ -65,10 +70,12 @@ def setting(steps: int, data_dir=None, batch_size=None):
         config = dict(batch_size=100)
     if batch_size:
         config["batch_size"] = batch_size
-    n = min(len(data.train), steps * config["batch_size"])
-    data = dataclasses.replace(data, train=data.train[:n], train_labels=None if data.train_labels is None
-                               else data.train_labels[:n], valid=data.valid[:1000], valid_labels=None,
-                               test=data.test[:1000], test_labels=None)
+    n = steps * config["batch_size"]
+    if len(data.train) < n:                  # digits: its rows again, so the epoch has the steps asked for
+        name += f", its {len(data.train)} training rows repeated to fill {steps} batches"
+        data = dataclasses.replace(data, train=data.train.repeat(math.ceil(n / len(data.train)), 1))
+    data = dataclasses.replace(data, train=data.train[:n], train_labels=None, valid=data.valid[:1000],
+                               valid_labels=None, test=data.test[:1000], test_labels=None)
     return data, name, dict(config, loss="elbo", epochs=1, patience=0, seed=0)
 
 
@@ -95,10 +102,20 @@ def main(argv=None):
     parser.add_argument("--data-dir", default=None, help="folder with Fashion-MNIST's IDX files, if not where "
                                                          "Debian's package puts them")
     args = parser.parse_args(argv)
-    counts = [int(c) for c in args.devices.split(",")]
+    try:
+        counts = [int(c) for c in args.devices.split(",")]
+    except ValueError:
+        parser.error(f"--devices takes comma-separated process counts such as 1,2, got {args.devices!r}")
     if args.warmup + 2 > args.steps:
         parser.error("--steps must exceed --warmup by at least 2")
+    try:                                     # no GPU, too few GPUs, a bad name: one line, not a traceback
+        resolve_device(args.device)
+        for n in counts:
+            check_devices(TrainConfig(device=args.device, devices=n, batch_size=max(n, 100)))
+    except ValueError as e:
+        parser.error(cli_message(e))
     data, name, config = setting(args.steps, args.data_dir, args.batch_size)
+    steps = math.ceil(len(data.train) / config["batch_size"])     # what one epoch of this data takes
     if args.hidden:
         config["hidden"] = tuple(int(h) for h in args.hidden.split(","))
         name = f"{name.rsplit(',', 1)[0]}, hidden layers {args.hidden} (not the default)"
@@ -114,7 +131,8 @@ def main(argv=None):
                 print(f"  round {r + 1}: {n} process(es): {rate:8.0f} samples/s, epoch train loss {loss:.3f}, "
                       f"val ELBO {val:.3f}", flush=True)
     print(f"pyro_vae data-parallel scaling: {name}, global batch {config['batch_size']}, "
-          f"{len(data.train)} training points ({args.steps} steps, first {args.warmup} not timed)")
+          f"{len(data.train)} training points: {steps} steps per run, the first {args.warmup} not timed, "
+          f"the rate over the {steps - args.warmup - 1} step intervals after them")
     print(f"device {args.device}; torch {torch.__version__}, {available_cpus()} cores, "
           f"{platform.processor() or platform.machine()}, python {platform.python_version()}; "
           f"{args.rounds} interleaved rounds, median")

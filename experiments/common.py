@@ -8,11 +8,11 @@ from typing import Dict, Iterable, List, Optional
 
 import torch
 
-from pyro_vae.data import evaluation_indices, load_dataset
+from pyro_vae.data import evaluation_indices
 from pyro_vae.evaluation import evaluate
 from pyro_vae.checkpoint import CHECKPOINT, SUMMARY
 from pyro_vae.config import TrainConfig
-from pyro_vae.factory import load_vae
+from pyro_vae.factory import config_dataset, load_vae
 from pyro_vae.launch import train
 
 
@@ -113,8 +113,7 @@ def score(vae, config: TrainConfig, num_samples: int, eval_points: Optional[int]
     ``gap_points`` training points (default: as many as test points; the train/test gap, the Burda et al.
     overfitting measure): ``"random"`` draws them at random (seeded by the config's seed,
     :func:`random_indices`), ``"strided"`` spreads them evenly over the training set."""
-    data = load_dataset(config.dataset, config.data_dir, config.resolved_binarize(), config.valid_size, config.seed,
-                        config.download)
+    data = config_dataset(config, download=config.download)
     # training points as the model saw them in its first epoch (dynamic binarization resamples them)
     train_points = data.train_epoch(0, config.seed) if data.binarize == "dynamic" else data.train
     x_test = data.test[evaluation_indices(len(data.test), eval_points)]

@@ -23,8 +23,8 @@ import torch
 from pyro_vae import bdmc, inference_gaps
 from pyro_vae.checkpoint import CHECKPOINT, SUMMARY
 from pyro_vae.config import TrainConfig
-from pyro_vae.data import evaluation_indices, load_dataset
-from pyro_vae.factory import load_vae
+from pyro_vae.data import evaluation_indices
+from pyro_vae.factory import config_dataset, load_vae
 from pyro_vae.gaps import ROWS
 from pyro_vae.launch import train
 
@@ -67,8 +67,7 @@ def run_one(name: str, seed: int, budget: Dict, out: Path, revision: str, data_d
     if not (out / SUMMARY).exists():
         train(config, resume=(out / CHECKPOINT).exists(), progress=False, figures=False)
     vae, config = load_vae(out)
-    data = load_dataset(config.dataset, config.data_dir, config.resolved_binarize(), config.valid_size, config.seed,
-                        download=config.download)
+    data = config_dataset(config, download=config.download)
     x = data.test[evaluation_indices(len(data.test), budget["eval_points"])]
     torch.manual_seed(seed)
     gaps = inference_gaps(vae.model, vae.guide, x, num_samples=budget["num_samples"],

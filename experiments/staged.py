@@ -23,9 +23,9 @@ from typing import Dict, List, Optional
 import torch
 
 from pyro_vae.checkpoint import CHECKPOINT
-from pyro_vae.data import evaluation_indices, load_dataset
+from pyro_vae.data import evaluation_indices
 from pyro_vae.evaluation import evaluate
-from pyro_vae.factory import load_vae
+from pyro_vae.factory import config_dataset, load_vae
 from pyro_vae.launch import train
 
 from .common import StudyError, differences, machine, run_settings, score, write_metrics, write_table
@@ -65,7 +65,7 @@ def seconds_per_epoch(out: Path) -> Optional[float]:
 def curve_point(config, num_samples: int, points: int) -> Dict:
     """Test log p(x) of the run's latest checkpoint on ``points`` strided test points."""
     vae, _ = load_vae(Path(config.out) / CHECKPOINT)
-    data = load_dataset(config.dataset, config.data_dir, config.resolved_binarize(), config.valid_size, config.seed)
+    data = config_dataset(config)
     x = data.test[evaluation_indices(len(data.test), points)]
     torch.manual_seed(config.seed)
     result = evaluate(vae.model, vae.guide, x, num_samples=num_samples)

@@ -2,7 +2,7 @@
 from .likelihoods import (BernoulliLikelihood, ContinuousBernoulliLikelihood, GaussianLikelihood,
                           Likelihood, LikelihoodError, build_likelihood)
 from .networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder
-from .priors import Prior, StandardNormalPrior, build_prior
+from .priors import MixtureOfGaussiansPrior, Prior, StandardNormalPrior, VampPrior, build_prior
 from .vae import VAE, build_vae
 from .plates import data_plate
 from .importance import ModelGuideContractError, importance_weights, log_weights
@@ -14,5 +14,5 @@ from .gaps import InferenceGaps, inference_gaps
 from .config import TrainConfig
 from .training import Trainer
 from .launch import train
-from .factory import load_vae
+from .factory import load, load_vae, save
 from .version import __version__

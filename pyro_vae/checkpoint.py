@@ -24,6 +24,7 @@ import torch
 from .params import load_user_param_values, user_param_values
 from .seeds import rng_state, set_rng_state
 from .version import __version__
+from .wording import usage_error
 
 CHECKPOINT = "checkpoint.pt"
 BEST = "best.pt"
@@ -67,6 +68,14 @@ def best_checkpoint(*, config: Dict[str, Any], model_state: Dict[str, Any], epoc
             "bound": bound, **extra}
 
 
+def model_checkpoint(*, config: Optional[Dict[str, Any]], model_state: Dict[str, Any],
+                     extra: Dict[str, Any]) -> Dict[str, Any]:
+    """A file :func:`pyro_vae.save` writes: a model's ``state_dict`` and what rebuilds it (``extra``: its
+    ``module_spec`` and ``image_shape``), with the config of the run that trained it where there is one."""
+    return {"format": FORMAT, "pyro_vae_version": __version__, "config": config, "model_state": model_state,
+            **extra}
+
+
 def atomic_save(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary file in the same folder, fsync, then rename: a reader (or a
     crash at any moment) sees either the old file or the new one, never half of one."""
@@ -97,7 +106,10 @@ def refuse_overwrite(out) -> None:
     """A fresh run must not start in a folder that holds a checkpoint (never overwrite a run by accident)."""
     path = Path(out) / CHECKPOINT
     if path.exists():
-        raise FileExistsError(f"{path} already exists: pass --resume to continue that run, or choose another --out")
+        raise usage_error(FileExistsError,
+                          f"{path} already exists: continue that run with resume=True (Trainer.fit(resume=True) or "
+                          f"pyro_vae.train(config, resume=True)), or choose another folder with TrainConfig(out=...)",
+                          f"{path} already exists: pass --resume to continue that run, or choose another --out")
 
 
 def _why_unreadable(path: Path, error: Exception) -> str:
@@ -198,10 +210,11 @@ def run_lock(out) -> Iterator[None]:
         except FileExistsError:
             holder = _holder(path)
             if _alive(holder):
-                raise RunFolderLocked(
-                    f"{out} is being written by another pyro-vae process (PID {holder.get('pid')} on "
-                    f"{holder.get('host')}, started {holder.get('started')}): wait for it to finish or stop it "
-                    f"(Ctrl-C saves a checkpoint), then --resume; if that process is gone, delete {path}") from None
+                other = (f"{out} is being written by another pyro-vae process (PID {holder.get('pid')} on "
+                         f"{holder.get('host')}, started {holder.get('started')}): wait for it to finish or stop it "
+                         f"(Ctrl-C saves a checkpoint), then")
+                gone = f"; if that process is gone, delete {path}"
+                raise usage_error(RunFolderLocked, f"{other} resume=True{gone}", f"{other} --resume{gone}") from None
             warnings.warn(f"taking over the lock of a run in {out} that is gone (PID {holder.get('pid')})")
             path.unlink(missing_ok=True)
     with os.fdopen(fd, "w") as f:

@@ -9,11 +9,11 @@ import numpy as np
 import torch
 
 from .contract import uses_labels
-from .data import evaluation_indices, load_dataset
+from .data import evaluation_indices
 from .checkpoint import load_checkpoint
 from .devices import resolve_device
 from .cli_train import int_list, positive_int
-from .factory import load_vae
+from .factory import config_dataset, load_vae
 
 
 def _image_shape(checkpoint) -> Optional[List[int]]:
@@ -30,9 +30,34 @@ def _labels_for(vae, labels: Optional[torch.Tensor]) -> dict:
     return {"y": labels}
 
 
+def _run_folder(checkpoint) -> Path:
+    """The run folder a checkpoint argument names: the folder itself, or the folder holding the ``.pt`` file."""
+    path = Path(checkpoint)
+    return path if path.is_dir() else path.parent
+
+
+def _output_stem(args, default: str) -> Path:
+    """``--out`` (a path without extension, relative to the current folder), else ``default`` in the run
+    folder: what a command makes of a run is kept with the run."""
+    out = Path(args.out) if args.out else _run_folder(args.checkpoint) / default
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _model_on_device(args, needs_data: bool = True):
+    """The checkpoint's model (eval mode) and config, on ``--device``; ``needs_data``: the command reads the
+    run's data set, so the checkpoint must hold the config that names it."""
+    device = resolve_device(args.device)
+    vae, config = load_vae(args.checkpoint, map_location=str(device))
+    if needs_data and config is None:
+        raise ValueError(f"{args.checkpoint} holds a model saved without its run's config, which names the data "
+                         f"set this command reads: save it with pyro_vae.save(model, path, config=TrainConfig(...))")
+    return vae.to(device), config, device
+
+
 def _cmd_sample(args, argv) -> int:
     from .image_plots import plot_image_grid
-    vae, _ = load_vae(args.checkpoint)
+    vae, _, device = _model_on_device(args, needs_data=False)
     if not callable(getattr(vae, "sample", None)):
         raise ValueError(f"{type(vae).__name__} has no sample(num_samples) method, which `pyro-vae sample` calls "
                          f"(see docs/declaring_models.md)")
@@ -41,12 +66,13 @@ def _cmd_sample(args, argv) -> int:
     if uses_labels(vae):
         if args.label is None:
             raise ValueError(f"{type(vae).__name__} is conditional on a class label: pass --label N")
-        samples = vae.sample(args.num, y=torch.full((args.num,), args.label, dtype=torch.long))
+        samples = vae.sample(args.num, y=torch.full((args.num,), args.label, dtype=torch.long, device=device))
     elif args.label is not None:
         raise ValueError(f"--label given, but {type(vae).__name__} does not take labels")
     else:
         samples = vae.sample(args.num)                              # [num, D]
-    out = Path(args.out)
+    samples = samples.cpu()
+    out = _output_stem(args, "samples")
     np.save(out.with_suffix(".npy"), samples.numpy())
     written = [out.with_suffix(".npy")]
     if image_shape:
@@ -59,19 +85,19 @@ def _cmd_sample(args, argv) -> int:
 
 def _cmd_reconstruct(args, argv) -> int:
     from .image_plots import plot_reconstructions
-    vae, config = load_vae(args.checkpoint)
+    vae, config, device = _model_on_device(args)
     if not callable(getattr(vae, "reconstruct", None)):
         raise ValueError(f"{type(vae).__name__} has no reconstruct(x) method, which `pyro-vae reconstruct` calls "
                          f"(see docs/declaring_models.md)")
     image_shape = _image_shape(args.checkpoint)
-    data = load_dataset(config.dataset, args.data_dir or config.data_dir, config.resolved_binarize(),
-                        config.valid_size, config.seed)
+    data = config_dataset(config, args.data_dir)
     # in dynamic mode the train split holds grey levels: show it as the model saw it in epoch 1
     split = data.train_epoch(0, config.seed) if args.split == "train" else data.split(args.split)
     x = split[: args.num]
     labels = data.labels(args.split)
-    recon = vae.reconstruct(x, **_labels_for(vae, labels[: args.num] if labels is not None else None))
-    out = Path(args.out)
+    labels = labels[: args.num].to(device) if labels is not None else None
+    recon = vae.reconstruct(x.to(device), **_labels_for(vae, labels)).cpu()
+    out = _output_stem(args, "reconstructions")
     np.save(out.with_suffix(".npy"), np.stack([x.numpy(), recon.numpy()]))
     written = [out.with_suffix(".npy")]
     if image_shape:
@@ -84,11 +110,8 @@ def _evaluation_inputs(args):
     """The checkpoint's model on ``--device`` and the points of ``--split`` (``--num`` of them spread evenly
     over it, :func:`~pyro_vae.data.evaluation_indices`: a split sorted by class, like Larochelle's binarized-MNIST
     test file, is never measured on its first class), with labels and the points' indices in the split."""
-    device = resolve_device(args.device)
-    vae, config = load_vae(args.checkpoint, map_location=str(device))
-    vae = vae.to(device)
-    data = load_dataset(config.dataset, args.data_dir or config.data_dir, config.resolved_binarize(),
-                        config.valid_size, config.seed)
+    vae, config, device = _model_on_device(args)
+    data = config_dataset(config, args.data_dir)
     if args.split == "train" and data.binarize == "dynamic":
         raise ValueError("the train split is re-binarized every epoch (dynamic binarization); evaluate on "
                          "valid or test, which are binarized once")
@@ -100,9 +123,7 @@ def _evaluation_inputs(args):
 
 def _output_folder(args) -> Path:
     """``--out``, or the run folder of the checkpoint."""
-    out = Path(args.out) if args.out else Path(args.checkpoint).resolve()
-    if out.suffix == ".pt":
-        out = out.parent
+    out = Path(args.out) if args.out else _run_folder(args.checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     return out
 
@@ -224,23 +245,29 @@ def _add_ais_flags(p: argparse.ArgumentParser, steps_default: str) -> None:
 def add_model_commands(sub) -> None:
     """The ``sample``, ``reconstruct``, ``evaluate`` and ``bdmc`` subcommands on ``sub``."""
     p = sub.add_parser("sample", help="draw samples from a trained model's prior",
-                       description="Decode z ~ p(z) with a trained model; writes OUT.npy and, for images, OUT.png.")
+                       description="Decode z ~ p(z) with a trained model; writes OUT.npy and, for images, OUT.png "
+                                   "(OUT: RUN/samples unless --out says otherwise).")
     p.add_argument("checkpoint", help="a checkpoint file (best.pt, checkpoint.pt) or a run folder (uses best.pt)")
     p.add_argument("--num", type=positive_int, default=64, help="number of samples (default: %(default)s)")
     p.add_argument("--label", type=int, default=None,
                    help="class to draw, for a model conditional on labels (e.g. pyro_vae.examples.conditional)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    p.add_argument("--out", default="samples", help="output path without extension (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto: where the model runs (default: %(default)s)")
+    p.add_argument("--out", default=None, help="output path without extension (default: RUN/samples, in the run "
+                                               "folder of the checkpoint)")
     p.set_defaults(func=_cmd_sample)
     p = sub.add_parser("reconstruct", help="reconstruct data with a trained model",
                        description="Encode data to the posterior mean and decode it; writes OUT.npy "
-                                   "([2, N, D]: inputs, reconstructions) and, for images, OUT.png.")
+                                   "([2, N, D]: inputs, reconstructions) and, for images, OUT.png (OUT: "
+                                   "RUN/reconstructions unless --out says otherwise).")
     p.add_argument("checkpoint", help="a checkpoint file or a run folder (uses best.pt)")
     p.add_argument("--split", default="test", choices=("train", "valid", "test"),
                    help="which split to reconstruct (default: %(default)s)")
     p.add_argument("--num", type=positive_int, default=20, help="number of data points (default: %(default)s)")
     p.add_argument("--data-dir", default=None, help="override the data folder stored in the checkpoint's config")
-    p.add_argument("--out", default="reconstructions", help="output path without extension (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto: where the model runs (default: %(default)s)")
+    p.add_argument("--out", default=None, help="output path without extension (default: RUN/reconstructions, in the "
+                                               "run folder of the checkpoint)")
     p.set_defaults(func=_cmd_reconstruct)
     p = sub.add_parser("evaluate", help="importance-sampled held-out log p(x) of a trained model",
                        description="Estimate log p(x) per data point by importance sampling with the guide "

@@ -10,7 +10,7 @@ from typing import List, Optional
 
 
 from .config import LR_SCHEDULES, TrainConfig, load_config_file
-from .data import BINARIZE_MODES, DATASETS
+from .data import BINARIZE_MODES, DATASETS, SCALE_UINT8_MODES
 from .likelihoods import LIKELIHOODS, SIGMA_MODES
 from .networks import ACTIVATIONS, NETWORKS
 from .objectives import GRADIENTS, OBJECTIVES
@@ -76,6 +76,10 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
                         "likelihood, none otherwise and for binarized-mnist (default: %(default)s)")
     g.add_argument("--valid-size", type=int, default=d.valid_size,
                    help="training points held out for validation (default: the data set's own)")
+    g.add_argument("--scale-uint8", default=d.scale_uint8, choices=SCALE_UINT8_MODES,
+                   help=".npy/.npz data: divide uint8 pixels by 255 into [0, 1] where they exceed 1 (auto), whenever "
+                        "they are uint8 (on), or never, keeping 0..255 (off); a line says when it happens "
+                        "(default: %(default)s)")
     g = p.add_argument_group("model")
     g.add_argument("--model", default=d.model, metavar="PACKAGE.MODULE:CLASS",
                    help="train your own model (docs/declaring_models.md): an nn.Module subclass with model(x, "

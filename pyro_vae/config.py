@@ -21,8 +21,9 @@ import math
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
-from .data import BINARIZE_MODES
+from .data import BINARIZE_MODES, SCALE_UINT8_MODES
 from .devices import DEVICE_HELP, valid_device_name
+from .wording import usage_error
 
 LR_SCHEDULES = ("none", "exponential", "cosine", "iwae")
 # Changing these between a run and its --resume cannot corrupt the saved state.
@@ -42,6 +43,7 @@ class TrainConfig:
     binarize: str = "auto"           # auto: dynamic for the Bernoulli likelihood (binary data, resampled
                                      # every epoch), none for the others and for already-binary data
     valid_size: Optional[int] = None  # None: the data set's default hold-out size
+    scale_uint8: str = "auto"        # .npy/.npz: divide uint8 pixels by 255 where above 1 (auto), always (on), never (off)
     # model
     model: Optional[str] = None      # "package.module:Class": a user model (pyro_vae.contract); None: our VAE
     model_args: Dict[str, Any] = dataclasses.field(default_factory=dict)   # extra keyword arguments of the factory
@@ -106,6 +108,8 @@ class TrainConfig:
                 problems.append(f"{name} must be a finite number >= 0, got {value}")
         if self.vamp_init not in ("data", "random"):
             problems.append(f"vamp_init must be data or random, got {self.vamp_init!r}")
+        if self.scale_uint8 not in SCALE_UINT8_MODES:
+            problems.append(f"scale_uint8 must be one of {SCALE_UINT8_MODES}, got {self.scale_uint8!r}")
         if self.binarize not in ("auto",) + BINARIZE_MODES:
             problems.append(f"binarize must be auto or one of {BINARIZE_MODES}, got {self.binarize!r}")
         if not self.hidden or min(self.hidden) < 1:
@@ -139,8 +143,27 @@ class TrainConfig:
 
 
 
+def check_resume(saved: Dict[str, Any], config: TrainConfig, path) -> None:
+    """Refuse to resume the run whose checkpoint ``path`` saved config ``saved`` under ``config`` if a setting
+    outside :data:`RESUMABLE_CHANGES` changed (or ``epochs`` under a cosine schedule), listing every change.
+    A setting the saved config lacks (a run made before it existed) counts as its default."""
+    saved = {**TrainConfig().to_dict(), **saved}
+    changed = {k: (saved.get(k), v) for k, v in config.to_dict().items()
+               if saved.get(k) != v and k not in RESUMABLE_CHANGES}
+    if saved.get("lr_schedule") == "cosine" and saved.get("epochs") != config.epochs:
+        changed["epochs"] = (saved.get("epochs"), config.epochs)   # the cosine schedule is fixed by epochs
+    if changed:
+        listing = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        what = f"cannot resume {path} with a different config ({listing}); only {', '.join(RESUMABLE_CHANGES)} may"
+        raise usage_error(ValueError,
+                          f"{what} change when resuming (epochs not with lr_schedule='cosine', whose schedule ends "
+                          f"at the original epochs)",
+                          f"{what} change on --resume (epochs not with --lr-schedule cosine, whose schedule ends at "
+                          f"the original --epochs)")
+
+
 SECTIONS: Dict[str, Tuple[str, ...]] = {
-    "data": ("dataset", "data_dir", "download", "binarize", "valid_size"),
+    "data": ("dataset", "data_dir", "download", "binarize", "valid_size", "scale_uint8"),
     "model": ("model", "model_args", "network", "hidden", "channels", "latent_dim", "activation", "likelihood",
               "sigma", "learn_sigma", "prior", "prior_components", "vamp_init"),
     "objective": ("loss", "num_particles", "gradient", "num_outer", "ciwae_beta"),

@@ -33,6 +33,7 @@ from pyro import poutine
 from pyro.poutine.util import prune_subsample_sites
 
 from .importance import ModelGuideContractError
+from .specs import record_arguments
 
 LABELS = "y"
 
@@ -259,4 +260,6 @@ def build_user_model(spec: str, offered: Dict[str, Any], model_args: Dict[str, A
         model = factory(**kwargs)
     except TypeError as e:
         raise ValueError(f"--model {spec}: calling it with {sorted(kwargs)} failed: {e}") from e
+    if "_init_args" not in model.__dict__:
+        record_arguments(model, kwargs)       # pyro_vae.save can write it down
     return model, kwargs

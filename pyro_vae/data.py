@@ -59,10 +59,13 @@ Data sets (``name`` argument of :func:`load_dataset`):
     (optional, 1-D integers, one per row of the matching split).
 
 User arrays of shape ``[N, H, W]`` get ``image_shape`` ``(1, H, W)``,
-``[N, C, H, W]`` get ``(C, H, W)``, others ``None``. ``uint8`` arrays with
-values above 1 are divided by 255; other values are kept as they are, and
-values outside [0, 1] are accepted only with ``binarize="none"`` (e.g. for a
-Gaussian likelihood). Non-finite values are refused.
+``[N, C, H, W]`` get ``(C, H, W)``, others ``None``. ``uint8`` pixels are
+divided by 255 as ``scale_uint8`` says, with a line on stderr when they are:
+``"auto"`` (default) where every array is uint8 with values above 1, ``"on"``
+whenever they are uint8, ``"off"`` never (keep 0..255, e.g. for a Gaussian
+likelihood on raw intensities). Other values are kept as they are, and values
+outside [0, 1] are accepted only with ``binarize="none"``. Non-finite values
+are refused.
 
 Binarization (``binarize`` argument, one of :data:`BINARIZE_MODES`); each
 grey level ``x`` in [0, 1] becomes a Bernoulli(``x``) draw, using a
@@ -95,7 +98,7 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
-from .formats import DataError
+from .formats import SCALE_UINT8_MODES, DataError
 from .sources import (
     ARRAY_TEST_SPLIT_SEED,
     BINARIZED_MNIST_URL,
@@ -123,6 +126,7 @@ __all__ = [
     "DataError",
     "Dataset",
     "NPZ_KEYS",
+    "SCALE_UINT8_MODES",
     "STATIC_BINARIZATION_SEED",
     "epoch_seed",
     "load_dataset",
@@ -242,6 +246,7 @@ def load_dataset(
     valid_size: Optional[int] = None,
     seed: int = 0,
     download: bool = False,
+    scale_uint8: str = "auto",
 ) -> Dataset:
     """Load a data set, split it and binarize it as asked.
 
@@ -258,6 +263,9 @@ def load_dataset(
         seed: Seed of the permutation that picks the validation rows.
         download: Fetch missing MNIST / Fashion-MNIST / binarized MNIST files
             (needs internet).
+        scale_uint8: For ``.npy``/``.npz`` files, one of
+            :data:`SCALE_UINT8_MODES`: divide uint8 pixels by 255 where they
+            exceed 1 (``"auto"``), always (``"on"``) or never (``"off"``).
 
     Returns:
         The :class:`Dataset`, every tensor float32 (labels int64) and contiguous.
@@ -273,7 +281,7 @@ def load_dataset(
     root = Path(data_dir if data_dir is not None else DEFAULT_DATA_DIR).expanduser()
 
     if name.lower().endswith((".npy", ".npz")):
-        arrays = load_array_file(Path(name).expanduser(), valid_size, seed)
+        arrays = load_array_file(Path(name).expanduser(), valid_size, seed, scale_uint8)
     elif name == "digits":
         arrays = load_digits(valid_size, seed)
     elif name in IDX_DATASETS:

@@ -1,21 +1,26 @@
 """What a :class:`~pyro_vae.config.TrainConfig` builds: the model (our VAE, or a user's ``--model`` class on the
 contract of :mod:`pyro_vae.contract`), its objective, optimiser and learning-rate schedule, the checks a data set
-passes before training, and the rebuilt model of a checkpoint.
+passes before training; and the one home of saving and loading a model: :func:`save` writes a model with what
+rebuilds it, :func:`load` (and :func:`load_vae`, which also returns the run's config) rebuilds the model of any
+checkpoint, a run folder or a saved file.
 
 The special cases of our own VAE live here and nowhere else: a VampPrior's pseudo-inputs start at training points,
 and the splits are checked against the likelihood once before training (``check_input``), not per step.
 """
 import warnings
-from typing import Any, Dict, List, Optional, Tuple
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from pyro.infer import ELBO
 
-from .checkpoint import load_checkpoint
+from .checkpoint import atomic_save, load_checkpoint, model_checkpoint
 from .config import TrainConfig
 from .contract import build_user_model, check_model, uses_labels
-from .data import Dataset
+from .data import Dataset, load_dataset
+from .devices import resolve_device
 from .objectives import bound_name, build_objective
+from .specs import ARGS, CLASS, MODULE, SAME_AS, NotDescribable, describe
 from .vae import build_vae
 
 
@@ -65,21 +70,114 @@ def config_bound_name(config: "TrainConfig") -> str:
     return bound_name(objective_for(config))
 
 
-def load_vae(path, map_location: str = "cpu") -> Tuple[Any, TrainConfig]:
-    """Rebuild the model stored in a checkpoint file (or a run folder: its ``best.pt``) in eval mode: our
-    :class:`~pyro_vae.VAE`, or a ``--model`` user model rebuilt from its factory and stored arguments."""
+def load_vae(path, map_location: str = "cpu") -> Tuple[Any, Optional[TrainConfig]]:
+    """Rebuild the model stored in a checkpoint file (or a run folder: its ``best.pt``) in eval mode, with the
+    config of the run that trained it (None for a file :func:`save` wrote without one): our
+    :class:`~pyro_vae.VAE`, a ``--model`` user model rebuilt from its class and stored arguments, or any module
+    :func:`save` (or a :class:`~pyro_vae.training.Trainer`) wrote with its spec."""
     ckpt = load_checkpoint(path, map_location)
-    if "user_model" in ckpt:
+    config = TrainConfig.from_dict(ckpt["config"]) if ckpt.get("config") is not None else None
+    if "module_spec" in ckpt:
+        module = rebuild(ckpt["module_spec"])
+    elif "user_model" in ckpt:
         module, _ = build_user_model(ckpt["user_model"], {}, ckpt["user_model_kwargs"])
-        module.load_state_dict(ckpt["model_state"])
-        return module.to(map_location).eval(), TrainConfig.from_dict(ckpt["config"])
-    if "model_kwargs" not in ckpt:
-        raise ValueError(f"{path} holds a model declared in Python (a Trainer run, not `pyro-vae train`): "
-                         f"rebuild it as you declared it and call "
-                         f"model.load_state_dict(load_checkpoint(path)['model_state'])")
-    vae = build_vae(**ckpt["model_kwargs"])
-    vae.load_state_dict(ckpt["model_state"])
-    return vae.eval(), TrainConfig.from_dict(ckpt["config"])
+    elif "model_kwargs" in ckpt:
+        module = build_vae(**ckpt["model_kwargs"])
+    else:
+        raise ValueError(f"{path} holds a model declared in Python whose constructor arguments were not recorded: "
+                         f"build it again as you declared it and call model.load_state_dict("
+                         f"pyro_vae.checkpoint.load_checkpoint(path)['model_state']); next time save it with "
+                         f"pyro_vae.save(model, path, init_args={{...}}), which pyro_vae.load reads")
+    module.load_state_dict(ckpt["model_state"])
+    return module.to(map_location).eval(), config
+
+
+def load(path, device: str = "cpu") -> torch.nn.Module:
+    """The model of ``path`` ready to use: rebuilt, its weights loaded, on ``device``, in eval mode.
+
+    ``path`` is a file :func:`save` wrote, a run folder (its ``best.pt``, the model with the best validation
+    bound) or a checkpoint file (``best.pt``, ``checkpoint.pt``) of ``pyro-vae train``, ``pyro_vae.train`` or
+    a :class:`~pyro_vae.training.Trainer`; our VAE and ``--model`` user models alike.  Classes are imported by
+    name (the current folder is importable), so a model of your own must be importable where you load it."""
+    target = resolve_device(device)
+    model, _ = load_vae(path, map_location=str(target))
+    return model
+
+
+def save(model: torch.nn.Module, path, init_args: Optional[Dict[str, Any]] = None, *,
+         config: Optional[TrainConfig] = None, image_shape: Optional[Sequence[int]] = None) -> Path:
+    """Write ``model`` to the file ``path`` (atomically) with what :func:`load` needs to rebuild it: its
+    ``state_dict`` and its *spec*, the class's importable name and the constructor arguments.
+
+    Our VAE and its parts record their arguments themselves, as does any class subclassing
+    :class:`pyro_vae.specs.Recorded` and a ``--model`` class that :func:`load` or the command line built; for
+    another ``nn.Module`` pass its constructor arguments as ``init_args`` (plain values, tensors, modules).
+    ``config``: the run's settings, stored for ``pyro-vae evaluate``/``reconstruct`` (which read the data set
+    from it); ``image_shape`` (C, H, W): lets ``pyro-vae sample`` draw an image grid.  Before writing, the model
+    is built again from its spec (on a forked random stream) and must have the same ``state_dict`` keys and
+    shapes.  Returns the path written."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder: save a model to a file, e.g. {path / 'model.pt'}")
+    try:
+        spec = describe(model, init_args)
+    except NotDescribable as e:
+        raise ValueError(f"cannot save {type(model).__name__}: {e}") from None
+    with torch.random.fork_rng(devices=[]):
+        again = rebuild(spec).state_dict()
+    state = model.state_dict()
+    wrong = sorted(k for k in set(state) | set(again)
+                   if k not in state or k not in again or state[k].shape != again[k].shape)
+    if wrong:
+        raise ValueError(f"cannot save {type(model).__name__}: built again from its constructor arguments "
+                         f"{sorted(spec[ARGS])} it differs in {', '.join(wrong[:5])}"
+                         f"{' ...' if len(wrong) > 5 else ''} (pass the arguments it was built with as init_args)")
+    extra = {"module_spec": spec, "image_shape": list(image_shape) if image_shape else None}
+    atomic_save(model_checkpoint(config=config.to_dict() if config is not None else None, model_state=state,
+                                 extra=extra), path)
+    return path
+
+
+def rebuild(spec: Dict[str, Any]) -> torch.nn.Module:
+    """The module a spec of :func:`pyro_vae.specs.describe` describes, its constructors called again (each class
+    must be an ``nn.Module`` subclass, as for ``--model``; a module given twice is built once)."""
+    return _rebuild(spec, "model", {})
+
+
+def _rebuild(spec: Dict[str, Any], where: str, built: Dict[str, Any]) -> torch.nn.Module:
+    args = {name: _rebuilt(value, f"{where}.{name}", built) for name, value in spec[ARGS].items()}
+    module, _ = build_user_model(spec[CLASS], {}, args)
+    built[where] = module
+    return module
+
+
+def _rebuilt(value: Any, where: str, built: Dict[str, Any]) -> Any:
+    if isinstance(value, list):
+        return [_rebuilt(v, f"{where}[{i}]", built) for i, v in enumerate(value)]
+    if isinstance(value, dict) and MODULE in value:
+        return _rebuild(value[MODULE], where, built)
+    if isinstance(value, dict) and SAME_AS in value:
+        return built[value[SAME_AS]]
+    if isinstance(value, dict):
+        return {k: _rebuilt(v, f"{where}.{k}", built) for k, v in value.items()}
+    return value
+
+
+def module_record(module: Any, image_shape: Optional[Sequence[int]] = None) -> Dict[str, Any]:
+    """What a checkpoint of a model declared in Python stores to rebuild it: its spec (``{}`` where its
+    constructor arguments are unknown: :func:`load` then says how to reload it) and the data's image shape."""
+    try:
+        spec = describe(module)
+    except NotDescribable:
+        return {}
+    return {"module_spec": spec, "image_shape": list(image_shape) if image_shape else None}
+
+
+def config_dataset(config: TrainConfig, data_dir: Optional[str] = None, download: bool = False) -> Dataset:
+    """The data set a run of ``config`` trains on (:func:`~pyro_vae.data.load_dataset` with its data settings);
+    ``data_dir`` overrides the config's folder, ``download`` fetches missing files."""
+    return load_dataset(config.dataset, data_dir or config.data_dir, config.resolved_binarize(), config.valid_size,
+                        config.seed, download, scale_uint8=config.scale_uint8)
 
 
 def model_kwargs(config: TrainConfig, data: Dataset) -> Dict[str, Any]:

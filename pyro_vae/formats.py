@@ -40,6 +40,7 @@ __all__ = [
     "read_amat",
     "read_array_file",
     "read_idx",
+    "SCALE_UINT8_MODES",
     "to_unit_float",
 ]
 
@@ -203,12 +204,29 @@ def image_shape_of(example_shape: Tuple[int, ...]) -> Optional[Tuple[int, ...]]:
     return None
 
 
-def to_unit_float(arrays: List[np.ndarray]) -> List[np.ndarray]:
-    """Flatten each ``[N, ...]`` array to ``[N, D]`` float32; if all are uint8 with values above 1, divide by 255.
+SCALE_UINT8_MODES = ("auto", "on", "off")
 
-    The arrays are scaled together (all or none), so splits of one data set stay comparable.
+
+def to_unit_float(arrays: List[np.ndarray], scale_uint8: str = "auto",
+                  what: str = "the data") -> Tuple[List[np.ndarray], Optional[str]]:
+    """Flatten each ``[N, ...]`` array to ``[N, D]`` float32, dividing uint8 pixels by 255 as ``scale_uint8``
+    says: ``auto`` where all arrays are uint8 with values above 1, ``on`` whenever they are uint8 (other dtypes
+    are an error), ``off`` never.  The arrays are scaled together (all or none), so splits of one data set stay
+    comparable.  Returns the arrays and a one-line note saying what was divided (None when nothing was).
+
+    Raises:
+        DataError: An unknown mode, or ``on`` for data that are not uint8.
     """
+    if scale_uint8 not in SCALE_UINT8_MODES:
+        raise DataError(f"scale_uint8 must be one of {', '.join(SCALE_UINT8_MODES)}, got {scale_uint8!r}")
     flat = [x.reshape(len(x), -1).astype(np.float32) for x in arrays]
-    if all(x.dtype == np.uint8 for x in arrays) and max(x.max() for x in arrays) > 1:
-        flat = [x / 255 for x in flat]
-    return flat
+    uint8 = all(x.dtype == np.uint8 for x in arrays)
+    if scale_uint8 == "on" and not uint8:
+        raise DataError(f"scale_uint8='on' divides uint8 data by 255, but {what} holds "
+                        f"{', '.join(sorted({str(x.dtype) for x in arrays}))}; use 'auto' or 'off'")
+    top = max(int(x.max()) for x in arrays) if uint8 else 0
+    if scale_uint8 == "off" or not uint8 or (scale_uint8 == "auto" and top <= 1):
+        return flat, None
+    note = (f"{what}: uint8 values 0..{top} divided by 255 into [0, 1] (scale_uint8={scale_uint8!r}; "
+            f"'off', or --scale-uint8 off, keeps them as they are)")
+    return [x / 255 for x in flat], note

@@ -31,19 +31,21 @@ import torch.distributed as dist
 
 from .checkpoint import BEST, CHECKPOINT, SUMMARY, load_checkpoint, run_lock
 from .config import TrainConfig
-from .data import Dataset, load_dataset
+from .data import Dataset
 from .devices import resolve_device
-from .factory import config_bound_name, load_vae
+from .factory import config_bound_name, config_dataset, load_vae
 from .parallel import DDPGroup
 from .run import TrainResult, check_start, finished, finished_result, run
 from .signals import STOP_SIGNALS, say
 from .tensorboard_hook import require_tensorboard
+from .wording import usage_error
 
 
 def train(config: TrainConfig, resume: bool = False, progress: Union[bool, str] = True,
           data: Optional[Dataset] = None, on_step: Optional[Callable] = None,
-          figures: bool = True) -> TrainResult:
-    """Train a VAE as ``config`` says, writing checkpoints, metrics, config and figures to ``config.out``.
+          figures: bool = True, model: Optional[torch.nn.Module] = None) -> TrainResult:
+    """Train a VAE as ``config`` says, writing checkpoints, metrics, config, ``summary.json`` (with the test
+    bounds) and figures to ``config.out``: everything ``pyro-vae train`` does, which calls it.
 
     Args:
         config: the run's :class:`TrainConfig`.
@@ -53,10 +55,13 @@ def train(config: TrainConfig, resume: bool = False, progress: Union[bool, str] 
         progress: True: a progress bar where stderr is a terminal, one line per epoch where it is not (a log);
             "lines": a line per epoch always; "bar": the bar always; False: nothing per epoch
             (:class:`~pyro_vae.hooks.Progress`).
-        data: a pre-loaded data set (default: ``load_dataset`` from the config).
+        data: a pre-loaded data set (default: the config's, :func:`~pyro_vae.factory.config_dataset`).
         on_step: called as ``on_step(trainer, epoch, step, loss)`` after every step (with
             ``config.devices > 1``: in rank 0's process, so it must be picklable).
         figures: write the PNG figures at the end.
+        model: a model declared in Python (any module on the contract of :mod:`pyro_vae.contract`), trained in
+            place of the one the config's model settings describe; in this process only (``config.devices``
+            1).  Its checkpoints store its spec where it has one, so :func:`pyro_vae.load` reads the run.
 
     With ``config.devices > 1`` the run is data-parallel over that many processes (:func:`launch`); the
     result is read back from the run folder.
@@ -68,15 +73,19 @@ def train(config: TrainConfig, resume: bool = False, progress: Union[bool, str] 
     Returns:
         a :class:`TrainResult`; ``result.model`` is the VAE with the *best* validation bound.
     """
+    if model is not None and config.devices > 1:
+        raise ValueError(f"train(config, model=...) trains in this process; for devices={config.devices} name the "
+                         f"model's class in the config instead (TrainConfig(model='package.module:Class'))")
     ckpt = check_start(config, resume)                  # clear errors before taking the folder
     if config.tensorboard:
         require_tensorboard()                           # and before any process starts
     if ckpt is not None and finished(ckpt, config) and (Path(config.out) / SUMMARY).exists():
-        return finished_result(config, ckpt)
+        return finished_result(config, ckpt, model)
     with run_lock(config.out):
         if config.devices > 1:
             return launch(config, resume=resume, progress=progress, data=data, on_step=on_step, figures=figures)
-        return run(config, None, resume=resume, progress=progress, data=data, on_step=on_step, figures=figures)
+        return run(config, None, resume=resume, progress=progress, data=data, on_step=on_step, figures=figures,
+                   model=model)
 
 
 # -- the launcher ----------------------------------------------------------------------------------------
@@ -105,9 +114,11 @@ def check_devices(config) -> None:
     if uses_cuda(config.device):
         available = torch.cuda.device_count()
         if available < config.devices:
-            raise ValueError(f"--devices {config.devices} with --device {config.device} needs one GPU per process, "
-                             f"but {available} {'is' if available == 1 else 'are'} visible; use --devices "
-                             f"{max(1, available)} or --device cpu")
+            visible = f"one GPU per process, but {available} {'is' if available == 1 else 'are'} visible"
+            raise usage_error(ValueError, f"devices={config.devices} with device={config.device!r} needs {visible}; use "
+                                          f"devices={max(1, available)} or device='cpu'",
+                              f"--devices {config.devices} with --device {config.device} needs {visible}; use "
+                              f"--devices {max(1, available)} or --device cpu")
 
 
 def launch(config, resume: bool = False, progress: Union[bool, str] = True, data=None,
@@ -130,8 +141,7 @@ def launch(config, resume: bool = False, progress: Union[bool, str] = True, data
             raise ValueError(f"on_step must be picklable to run in the training processes (--devices {world}): "
                              f"a module-level function or an instance of a module-level class ({e})") from None
     if data is None and config.download:   # fetch missing files once, not N times at once into one folder
-        load_dataset(config.dataset, config.data_dir, config.resolved_binarize(), config.valid_size, config.seed,
-                     True)
+        config_dataset(config, download=True)
     import torch.multiprocessing as mp
     ctx = mp.get_context("spawn")
     results, stop_event = ctx.SimpleQueue(), ctx.Event()

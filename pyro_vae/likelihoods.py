@@ -30,6 +30,7 @@ import torch.nn.functional as F
 import pyro.distributions as dist
 
 from .distributions import BernoulliVector
+from .specs import Recorded
 
 LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "gaussian")
 SIGMA_MODES = ("fixed", "global", "pixel")
@@ -54,7 +55,7 @@ def _check_tensor(x: torch.Tensor, name: str) -> None:
         raise LikelihoodError(f"{name} likelihood got non-finite data: {_describe_bad_values(x, bad)}")
 
 
-class Likelihood(nn.Module):
+class Likelihood(Recorded, nn.Module):
     """Base class: ``forward(decoder_out)`` returns ``p(x | z)`` with one event dim."""
 
     name = "likelihood"

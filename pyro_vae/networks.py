@@ -18,6 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data import chw
+from .specs import Recorded
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "softplus": nn.Softplus}
 NETWORKS = ("mlp", "conv")
@@ -54,7 +55,7 @@ def _check_last_dim(t: torch.Tensor, size: int, what: str) -> None:
         raise ValueError(f"{what} must have shape [..., {size}], got {tuple(t.shape)}")
 
 
-class MLPEncoder(nn.Module):
+class MLPEncoder(Recorded, nn.Module):
     """``x [..., D] -> (loc [..., Z], scale [..., Z])`` through hidden layers ``hidden``."""
 
     def __init__(self, data_dim: int, latent_dim: int, hidden: Sequence[int] = (400,), activation: str = "relu"):
@@ -67,7 +68,7 @@ class MLPEncoder(nn.Module):
         return _gaussian_params(self.net(x))
 
 
-class MLPDecoder(nn.Module):
+class MLPDecoder(Recorded, nn.Module):
     """``z [..., Z] -> [..., D]`` through hidden layers ``hidden`` (listed from z outwards)."""
 
     def __init__(self, latent_dim: int, data_dim: int, hidden: Sequence[int] = (400,), activation: str = "relu"):
@@ -85,7 +86,7 @@ def _conv_out(n: int) -> int:
     return (n - 1) // 2 + 1
 
 
-class ConvEncoder(nn.Module):
+class ConvEncoder(Recorded, nn.Module):
     """Convolutional encoder for images flattened to ``[..., C*H*W]``.
 
     Each entry of ``channels`` is a 3x3 convolution with stride 2 (halving H and W), followed by
@@ -113,7 +114,7 @@ class ConvEncoder(nn.Module):
         return loc.reshape(*batch, -1), scale.reshape(*batch, -1)
 
 
-class ConvDecoder(nn.Module):
+class ConvDecoder(Recorded, nn.Module):
     """Mirror of :class:`ConvEncoder`: ``z [..., Z] -> [..., C*H*W]``.
 
     A linear layer to the encoder's smallest feature map, then 3x3 transposed convolutions with

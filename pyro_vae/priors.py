@@ -25,11 +25,12 @@ import torch.nn as nn
 import pyro.distributions as dist
 
 from .distributions import DiagonalNormal, StandardNormal
+from .specs import Recorded
 
 PRIORS = ("standard", "mog", "vamp")
 
 
-class Prior(nn.Module):
+class Prior(Recorded, nn.Module):
     """Base class: ``forward() -> Distribution`` with batch_shape ``()`` and event_shape ``(Z,)``."""
 
     def __init__(self, latent_dim: int):

@@ -4,6 +4,7 @@ run with a compatible config, never overwriting one (:func:`check_start`), a fin
 (:func:`finished_result`).  :func:`pyro_vae.launch.train` is the function the CLI calls: it holds the run folder
 and runs this in one process or N.
 """
+import copy
 import dataclasses
 import json
 import warnings
@@ -13,17 +14,16 @@ from typing import Any, Callable, Dict, List, Optional, Union
 import pyro
 
 from .bounds import split_bounds
-from .checkpoint import (BEST, CHECKPOINT, CONFIG, SUMMARY, atomic_write_text, load_checkpoint, migrate_history,
-                         refuse_overwrite)
-from .config import RESUMABLE_CHANGES, TrainConfig
+from .checkpoint import BEST, CONFIG, SUMMARY, atomic_write_text, load_checkpoint, migrate_history, refuse_overwrite
+from .config import TrainConfig
 from .contract import side_inputs
-from .data import Dataset, load_dataset
+from .data import Dataset
 from .devices import resolve_device
-from .factory import build_model, config_bound_name, load_vae
+from .factory import build_model, config_bound_name, config_dataset, load_vae, module_record
 from .parallel import SingleProcess
 from .seeds import seed_for
 from .tensorboard_hook import TensorBoardLogger, bound_tag
-from .training import Trainer, best_epoch, epochs_since_best
+from .training import Trainer, best_epoch, epochs_since_best, resume_checkpoint
 from .vae import VAE
 
 
@@ -49,29 +49,11 @@ class TrainResult:
         return self.best_val_bound
 
 
-def _check_resume_config(saved: Dict[str, Any], config: TrainConfig, path: Path) -> None:
-    current = config.to_dict()
-    changed = {k: (saved.get(k), v) for k, v in current.items()
-               if saved.get(k) != v and k not in RESUMABLE_CHANGES}
-    if saved.get("lr_schedule") == "cosine" and saved.get("epochs") != config.epochs:
-        changed["epochs"] = (saved.get("epochs"), config.epochs)   # the cosine schedule is fixed by epochs
-    if changed:
-        listing = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
-        raise ValueError(f"cannot resume {path} with a different config ({listing}); only "
-                         f"{', '.join(RESUMABLE_CHANGES)} may change on --resume (epochs not with "
-                         f"--lr-schedule cosine, whose schedule ends at the original --epochs)")
-
-
 def check_start(config: TrainConfig, resume: bool) -> Optional[Dict[str, Any]]:
     """The checkpoint to resume from (None for a fresh run), or a clear error: a resume without a
     checkpoint or with a changed config, a fresh run into a folder that holds one."""
-    ckpt_path = Path(config.out) / CHECKPOINT
     if resume:
-        if not ckpt_path.exists():
-            raise FileNotFoundError(f"--resume given but there is no checkpoint at {ckpt_path}")
-        ckpt = load_checkpoint(ckpt_path)
-        _check_resume_config(ckpt["config"], config, ckpt_path)
-        return ckpt
+        return resume_checkpoint(config)
     refuse_overwrite(config.out)   # checked here too, before minutes of data loading
     return None
 
@@ -83,10 +65,23 @@ def finished(ckpt: Dict[str, Any], config: TrainConfig) -> bool:
         ckpt["epoch"] >= config.epochs or 0 < config.patience <= epochs_since_best(migrate_history(history, "")))
 
 
-def finished_result(config: TrainConfig, ckpt: Dict[str, Any]) -> TrainResult:
+def best_model(out: Path, device: Any, model: Optional[Any] = None) -> Optional[Any]:
+    """The model of ``OUT/best.pt`` on ``device`` (None before it exists): rebuilt from the checkpoint, or, for a
+    ``model`` the caller declared, a copy of it holding the best weights."""
+    if not (out / BEST).exists():
+        return None
+    if model is None:
+        return load_vae(out / BEST, map_location=str(device))[0].to(device)
+    best = copy.deepcopy(model)
+    best.load_state_dict(load_checkpoint(out / BEST, str(device))["model_state"])
+    return best.to(device).eval()
+
+
+def finished_result(config: TrainConfig, ckpt: Dict[str, Any], model: Optional[Any] = None) -> TrainResult:
+    """What :func:`pyro_vae.train` returns for a run that had already finished (nothing trained or rewritten)."""
     out = Path(config.out)
     summary = json.loads((out / SUMMARY).read_text())
-    model = load_vae(out / BEST)[0] if (out / BEST).exists() else None
+    model = best_model(out, "cpu", model)
     bound = config_bound_name(config)
     history = migrate_history(ckpt["history"], bound)
     epoch = best_epoch(history)
@@ -96,11 +91,12 @@ def finished_result(config: TrainConfig, ckpt: Dict[str, Any]) -> TrainResult:
 
 def run(config: TrainConfig, parallel: Optional[Any] = None, resume: bool = False,
         progress: Union[bool, str] = True, data: Optional[Dataset] = None, on_step: Optional[Callable] = None,
-        figures: bool = True) -> TrainResult:
+        figures: bool = True, model: Optional[Any] = None) -> TrainResult:
     """One process's part of a run: assemble the data, the model (contract-checked), the trainer; fit; then
     the test bounds, ``summary.json`` and the figures (and, with ``config.tensorboard``, TensorBoard's hparams tab
     with the test bounds).  ``parallel``: this process's :class:`~pyro_vae.parallel.DDPGroup`, or one process
-    (default); ``progress``: see :class:`~pyro_vae.hooks.Progress`.  The caller holds the run folder
+    (default); ``progress``: see :class:`~pyro_vae.hooks.Progress`.  ``model``: a model declared in Python,
+    trained in place of the one ``config`` describes.  The caller holds the run folder
     (:func:`pyro_vae.launch.train` takes its lock and starts the processes)."""
     out = Path(config.out)
     ckpt = check_start(config, resume)
@@ -111,9 +107,11 @@ def run(config: TrainConfig, parallel: Optional[Any] = None, resume: bool = Fals
     pyro.clear_param_store()
     pyro.set_rng_seed(config.seed)
     if data is None:
-        data = load_dataset(config.dataset, config.data_dir, config.resolved_binarize(), config.valid_size,
-                            config.seed, config.download)
-    vae, extra = build_model(config, data, fresh=ckpt is None)
+        data = config_dataset(config, download=config.download)
+    if model is not None:
+        vae, extra = model, module_record(model, data.image_shape)
+    else:
+        vae, extra = build_model(config, data, fresh=ckpt is None)
     vae = vae.to(device)
     trainer = Trainer(vae, data, config, checkpoint_extra=extra, on_step=on_step, progress=progress,
                       parallel=parallel, hooks=[tensorboard] if tensorboard else [])
@@ -130,10 +128,8 @@ def run(config: TrainConfig, parallel: Optional[Any] = None, resume: bool = Fals
         atomic_write_text(json.dumps(config.to_dict(), indent=2) + "\n", out / CONFIG)
     stop_reason = trainer.fit()
     parallel.barrier()   # the writer has written best.pt
-    best = vae
-    if (out / BEST).exists():
-        best, _ = load_vae(out / BEST, map_location=str(device))
-        best.to(device)
+    best = best_model(out, device, model)
+    best = vae if best is None else best
     if stop_reason != "interrupted":
         test_bound, test_elbo = split_bounds(trainer.objective, best, data.test.to(trainer.device),
                                              seed_for(config.seed, "test"), config.eval_batch_size, parallel,

@@ -38,6 +38,7 @@ from .formats import (
     read_idx,
     to_unit_float,
 )
+from .signals import say
 
 __all__ = [
     "ARRAY_TEST_SPLIT_SEED",
@@ -339,8 +340,10 @@ def load_binarized_mnist(root: Path, valid_size: Optional[int], download: bool) 
 # ----------------------------------------------------------------------------- user arrays
 
 
-def load_array_file(path: Path, valid_size: Optional[int], seed: int) -> RawSplits:
-    """A user's ``.npy`` / ``.npz`` file (keys :data:`NPZ_KEYS`), its missing splits held out from ``train``.
+def load_array_file(path: Path, valid_size: Optional[int], seed: int, scale_uint8: str = "auto") -> RawSplits:
+    """A user's ``.npy`` / ``.npz`` file (keys :data:`NPZ_KEYS`), its missing splits held out from ``train``;
+    uint8 pixels divided by 255 as ``scale_uint8`` says (:func:`~pyro_vae.formats.to_unit_float`), in a line on
+    stderr.
 
     A missing ``test`` split takes 10% of the rows by :data:`ARRAY_TEST_SPLIT_SEED`; a missing ``valid`` split
     takes ``valid_size`` (default 10%) of the rest by ``seed``.
@@ -378,7 +381,10 @@ def load_array_file(path: Path, valid_size: Optional[int], seed: int) -> RawSpli
                 f"({len(members[split])}), got dtype {y.dtype} and shape {y.shape}"
             )
 
-    data = dict(zip(data_keys, to_unit_float([members[key] for key in data_keys])))
+    arrays, note = to_unit_float([members[key] for key in data_keys], scale_uint8, str(path))
+    if note:
+        say(note)
+    data = dict(zip(data_keys, arrays))
     labels = {split: members.get(f"{split}_labels") for split in SPLITS}
     image_shape = image_shape_of(example_shape)
 

@@ -34,11 +34,11 @@ from pyro.infer.util import is_validation_enabled
 
 from .bounds import split_bounds
 from .compiled import CompiledStep
-from .checkpoint import CHECKPOINT, migrate_history, restore_training, training_checkpoint
-from .config import TrainConfig
+from .checkpoint import CHECKPOINT, load_checkpoint, migrate_history, restore_training, training_checkpoint
+from .config import TrainConfig, check_resume
 from .contract import checked_once, side_inputs
 from .data import Dataset
-from .factory import build_scheduler, check_training, make_adam, objective_for
+from .factory import build_scheduler, check_training, make_adam, module_record, objective_for
 from .hooks import Hook, default_hooks, notify
 from .objectives import bound_name
 from .parallel import SingleProcess
@@ -46,6 +46,7 @@ from .params import ddp_probe, trained_parameters
 from .seeds import epoch_permutation, seed_for
 from .tensorboard_hook import TensorBoardLogger
 from .warmup import KLWarmup, warmup_beta_at_epoch_end
+from .wording import usage_error
 
 __all__ = ["Trainer", "TrainState", "TrainingDiverged", "TrainConfig", "best_epoch", "epochs_since_best"]
 
@@ -122,12 +123,27 @@ class TrainState:
 def diverged(what: str, epoch: int, out_dir: Path) -> TrainingDiverged:
     """The error for a non-finite loss or parameter, saying what was kept and how to recover."""
     if epoch == 0:
-        kept, advice = ("no checkpoint was written (it diverged in the first epoch)",
-                        "start again with a smaller --lr or with --clip-norm 1")
+        kept = "no checkpoint was written (it diverged in the first epoch)"
+        python, cli = ("start again with a smaller lr or with clip_norm=1 (TrainConfig)",
+                       "start again with a smaller --lr or with --clip-norm 1")
     else:
         kept = f"the last good checkpoint {out_dir / CHECKPOINT} (after epoch {epoch}) is kept"
-        advice = "continue it with --resume --clip-norm 1, or start a new --out with a smaller --lr"
-    return TrainingDiverged(f"{what}; {kept}. To recover, {advice}.")
+        python, cli = ("continue it with clip_norm=1 and resume=True, or start a new out folder with a smaller lr",
+                       "continue it with --resume --clip-norm 1, or start a new --out with a smaller --lr")
+    return usage_error(TrainingDiverged, f"{what}; {kept}. To recover, {python}.", f"{what}; {kept}. To recover, {cli}.")
+
+
+def resume_checkpoint(config: TrainConfig) -> Dict[str, Any]:
+    """The checkpoint of the run in ``config.out`` that a run under ``config`` continues, or a clear error: no
+    checkpoint there, or one saved under a config that differs where a resume cannot follow
+    (:func:`~pyro_vae.config.check_resume`)."""
+    path = Path(config.out) / CHECKPOINT
+    if not path.exists():
+        raise usage_error(FileNotFoundError, f"resume=True, but there is no checkpoint at {path} to continue",
+                          f"--resume given but there is no checkpoint at {path}")
+    ckpt = load_checkpoint(path)
+    check_resume(ckpt["config"], config, path)
+    return ckpt
 
 
 def backward(params: Sequence[torch.Tensor], loss: torch.Tensor, grads: Optional[Sequence[torch.Tensor]],
@@ -162,7 +178,8 @@ class Trainer:
     Args:
         module, data, config: an ``nn.Module`` holding the parameters (e.g. a :class:`~pyro_vae.VAE`), the
             :class:`~pyro_vae.data.Dataset` (train split resampled per epoch if dynamic), the :class:`TrainConfig`.
-        objective: any ``pyro.infer.ELBO`` (default from ``config.loss``); checkpoint_extra: saved in checkpoints.
+        objective: any ``pyro.infer.ELBO`` (default from ``config.loss``); checkpoint_extra: saved in checkpoints
+            (default: the module's spec where it has one, so ``pyro_vae.load(config.out)`` rebuilds the model).
         on_step: called as ``on_step(trainer, epoch, step, loss)`` after every optimiser step.
         progress: True (a bar where stderr is a terminal, one line per epoch where it is not), "bar", "lines", or
             False (nothing per epoch); see :class:`~pyro_vae.hooks.Progress`.
@@ -180,7 +197,10 @@ class Trainer:
                  parallel: Optional[Any] = None, *,
                  optimizer: Optional[torch.optim.Optimizer] = None, scheduler: Any = None,
                  hooks: Sequence[Hook] = ()):
-        self.module, self.data, self.config, self.checkpoint_extra = module, data, config, checkpoint_extra or {}
+        self.module, self.data, self.config = module, data, config
+        # what rebuilds the model from a checkpoint (pyro_vae.load): the spec of a module declared in Python
+        self.checkpoint_extra = (checkpoint_extra if checkpoint_extra is not None
+                                 else module_record(module, data.image_shape))
         hooks = list(hooks)
         if config.tensorboard and not any(isinstance(hook, TensorBoardLogger) for hook in hooks):
             hooks.append(TensorBoardLogger.for_config(config))   # a missing package fails here, before any step
@@ -296,10 +316,15 @@ class Trainer:
             reason = first_stop(self.hooks, self)
         return reason or "completed"
 
-    def fit(self) -> str:
+    def fit(self, resume: bool = False) -> str:
         """Run until ``config.epochs``, a hook's stop (early stopping) or a stop request; returns "completed",
-        "early_stopping" or "interrupted".  A fresh trainer never overwrites a run folder's checkpoint: to continue
-        a run, :meth:`load_state_dict` its checkpoint first."""
+        "early_stopping" or "interrupted".  A fresh trainer never overwrites a run folder's checkpoint: with
+        ``resume=True`` it continues the run in ``config.out`` from its ``checkpoint.pt`` exactly where it stopped
+        (parameters, optimiser, schedule, random streams, history; ``config.epochs`` and the other settings of
+        :data:`~pyro_vae.config.RESUMABLE_CHANGES` may differ from the saved run's), as
+        ``pyro-vae train --resume`` does.  (Loading a checkpoint with :meth:`load_state_dict` first does the same.)"""
+        if resume and self.state.is_fresh:
+            self.load_state_dict(resume_checkpoint(self.config))
         if self.parallel.rank > 0:   # rank 0 continues the saved stream; the others draw their own noise
             pyro.set_rng_seed(seed_for(self.config.seed, "rank", self.state.epoch, self.state.step, self.parallel.rank))
         self._check_next_step = is_validation_enabled()

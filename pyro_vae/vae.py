@@ -31,6 +31,7 @@ from .likelihoods import Likelihood, build_likelihood
 from .networks import ConvDecoder, ConvEncoder, MLPDecoder, MLPEncoder, NETWORKS
 from .plates import data_plate
 from .priors import Prior, StandardNormalPrior, build_prior
+from .specs import Recorded
 
 
 def _dimension(name: str, given: Optional[int], *parts) -> int:
@@ -46,7 +47,7 @@ def _dimension(name: str, given: Optional[int], *parts) -> int:
     return value
 
 
-class VAE(nn.Module):
+class VAE(Recorded, nn.Module):
     """A VAE whose parts can be swapped.
 
     Args:

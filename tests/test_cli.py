@@ -94,6 +94,42 @@ def test_reconstruct_command(trained_run):
     assert_png(trained_run / "r.png")
 
 
+def test_sample_and_reconstruct_write_into_the_run_folder_by_default(trained_run, tmp_path, monkeypatch, capsys):
+    """Without --out, what a command makes of a run lands in the run folder (not the current folder), whether
+    the checkpoint is named by its folder or by its file."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["sample", str(trained_run), "--num", "4", "--device", "cpu"]) == 0
+    assert main(["reconstruct", str(trained_run / "best.pt"), "--num", "3", "--device", "cpu"]) == 0
+    assert np.load(trained_run / "samples.npy").shape == (4, 64)
+    assert np.load(trained_run / "reconstructions.npy").shape == (2, 3, 64)
+    assert_png(trained_run / "samples.png") and assert_png(trained_run / "reconstructions.png")
+    assert list(tmp_path.iterdir()) == []                          # nothing in the current folder
+    printed = capsys.readouterr().out
+    assert str(trained_run / "samples.npy") in printed and str(trained_run / "reconstructions.npy") in printed
+
+
+@pytest.mark.parametrize("command", ["sample", "reconstruct"])
+def test_sample_and_reconstruct_take_a_device(trained_run, command, capsys):
+    args = build_parser().parse_args([command, str(trained_run), "--device", "auto"])
+    assert args.device == "auto"
+    if not torch.cuda.is_available():
+        assert main([command, str(trained_run), "--device", "cuda", "--out", str(trained_run / "x")]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"pyro-vae {command}: error: ") and "CUDA is not available" in err
+
+
+def test_version_flag_prints_the_one_version(capsys):
+    from importlib.metadata import version
+    from pyro_vae import __version__
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.strip() == f"pyro-vae {__version__}"
+    assert version("pyro_vae") == __version__          # the installed metadata reads pyro_vae/version.py
+    done = subprocess.run([str(CONSOLE_SCRIPT), "--version"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == f"pyro-vae {__version__}"
+
+
 def test_console_script_help():
     done = subprocess.run([str(CONSOLE_SCRIPT), "train", "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -171,6 +207,24 @@ def test_error_values_outside_unit_interval(tmp_path, capsys):
     np.save(path, np.random.default_rng(0).uniform(0, 3, size=(50, 64)).astype(np.float32))
     assert_train_error(capsys, ["--dataset", str(path), "--binarize", "none", "--likelihood",
                                 "continuous-bernoulli", "--out", str(tmp_path / "run")], "[0, 1]")
+
+
+def test_scale_uint8_flag_reaches_training_and_the_commands_on_the_run(tmp_path, capsys):
+    """uint8 data under a Gaussian likelihood: the default divides by 255 and says so in one line; --scale-uint8
+    off keeps 0..255 in training and in the commands that reload the data from the run's config."""
+    path = tmp_path / "pixels.npy"
+    np.save(path, np.random.default_rng(0).integers(0, 256, size=(60, 16), dtype=np.uint8))
+    flags = ["train", "--dataset", str(path), "--likelihood", "gaussian", "--sigma", "1", "--hidden", "8",
+             "--latent-dim", "2", "--epochs", "1", "--no-progress", "--no-figures"]
+    assert main(flags + ["--out", str(tmp_path / "auto")]) == 0
+    assert f"{path}: uint8 values 0..255 divided by 255" in capsys.readouterr().err
+    assert main(flags + ["--scale-uint8", "off", "--out", str(tmp_path / "off")]) == 0
+    assert "divided by 255" not in capsys.readouterr().err
+    assert json.loads((tmp_path / "off" / "config.json").read_text())["scale_uint8"] == "off"
+    assert main(["reconstruct", str(tmp_path / "off"), "--num", "5"]) == 0
+    assert np.load(tmp_path / "off" / "reconstructions.npy")[0].max() > 200          # the inputs kept 0..255
+    assert main(["reconstruct", str(tmp_path / "auto"), "--num", "5"]) == 0
+    assert np.load(tmp_path / "auto" / "reconstructions.npy")[0].max() <= 1
 
 
 def test_error_invalid_config_value(tmp_path, capsys):

@@ -421,6 +421,33 @@ def test_npy_3d_uint8_is_scaled(tmp_path):
     assert sorted(row_ids(everything)) == list(range(30))
 
 
+def test_uint8_scaling_is_said_and_follows_scale_uint8(tmp_path, capsys):
+    """uint8 pixels are divided by 255 only as scale_uint8 says, and a line on stderr says when they are."""
+    x = np.random.default_rng(0).integers(0, 256, size=(30, 6), dtype=np.uint8)
+    x[0, 0] = 255
+    np.save(tmp_path / "x.npy", x)
+    path = str(tmp_path / "x.npy")
+    auto = load_dataset(path)
+    said = capsys.readouterr().err
+    assert said.count("\n") == 1 and "uint8 values 0..255 divided by 255" in said and "--scale-uint8 off" in said
+    assert max(auto.train.max(), auto.test.max()) == 1.0
+    off = load_dataset(path, scale_uint8="off")
+    assert capsys.readouterr().err == ""
+    assert max(off.train.max(), off.test.max()) == 255.0 and torch.equal(off.train / 255, auto.train)
+    assert torch.equal(load_dataset(path, scale_uint8="on").train, auto.train)
+    assert "(scale_uint8='on';" in capsys.readouterr().err
+    # 0/1 uint8 masks: auto keeps them (binary already), on divides them, silently neither for float data
+    np.save(tmp_path / "mask.npy", (x > 127).astype(np.uint8))
+    assert load_dataset(str(tmp_path / "mask.npy")).train.max() == 1.0 and capsys.readouterr().err == ""
+    assert load_dataset(str(tmp_path / "mask.npy"), scale_uint8="on").train.max() == pytest.approx(1 / 255)
+    assert "uint8 values 0..1 divided by 255" in capsys.readouterr().err
+    np.save(tmp_path / "f.npy", x.astype(np.float32))
+    with pytest.raises(DataError, match="scale_uint8='on' divides uint8 data by 255, but .* holds float32"):
+        load_dataset(str(tmp_path / "f.npy"), scale_uint8="on")
+    with pytest.raises(DataError, match="scale_uint8 must be one of auto, on, off"):
+        load_dataset(path, scale_uint8="yes")
+
+
 def test_npz_with_all_splits_and_labels(tmp_path):
     rng = np.random.default_rng(1)
     arrays = {

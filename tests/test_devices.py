@@ -60,8 +60,9 @@ def test_device_auto_and_unavailable_cuda():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="CUDA is not available; use --device cpu"):
+        with pytest.raises(ValueError, match="CUDA is not available; use the CPU") as info:
             resolve_device("cuda")
+        assert "device='cpu'" in str(info.value) and "--device cpu" in str(info.value)   # Python's and the CLI's
 
 
 @CUDA

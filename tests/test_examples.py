@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+import pyro_vae
 from pyro_vae import MLPDecoder, MLPEncoder, ModelGuideContractError, evaluate, log_likelihood
 from pyro_vae.cli import build_parser, main
 from pyro_vae.contract import check_model
@@ -44,17 +45,39 @@ def digits():
 
 # -- the docs ------------------------------------------------------------------------------------------
 
-def test_docs_twenty_line_example_trains_and_evaluates(tmp_path, monkeypatch, capsys):
+def test_docs_followed_in_order_succeed(tmp_path, monkeypatch, capsys):
+    """A user following docs/declaring_models.md in order: save the twenty-line block as mymodels.py, run it
+    (`python mymodels.py`: trains and evaluates), then run the command-line section's commands in the same
+    folder, which import the class from mymodels.py (without training it again) into a run folder of their own.
+    The commands get flags that only make them quicker, so a collision of their folders still fails here."""
+    import runpy
+    import sys
     block, _ = doc_blocks("python")
-    assert len([line for line in block.strip().splitlines() if line.strip()]) <= 24   # it is short
+    assert len([line for line in block.strip().splitlines() if line.strip()]) <= 28   # it is short
+    assert block.startswith("# mymodels.py\n")
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "mymodels", raising=False)
+    (tmp_path / "mymodels.py").write_text(block)
     pyro.set_rng_seed(0)
-    exec(compile(block, "docs/declaring_models.md", "exec"), {})
+    runpy.run_path("mymodels.py", run_name="__main__")                     # python mymodels.py
     printed = capsys.readouterr().out
     value = float(re.search(r"test log p\(x\) = (-?\d+\.\d+) ± (\d+\.\d+) nats", printed).group(1))
     # a Laplace density over [0,1]^64: about +19 after 10 epochs, about -150 untrained
     assert -60 < value < 150, printed
-    assert (tmp_path / "runs" / "laplace" / "checkpoint.pt").exists()
+    assert len(list((tmp_path / "runs").glob("*/checkpoint.pt"))) == 1              # the script's run
+    quicker = {"train": ["--epochs", "1", "--no-progress", "--no-figures"],
+               "evaluate": ["--num", "30", "--num-samples", "20", "--no-progress"]}
+    cli = [line for line in doc_commands() if "mymodels" in line or "runs/laplace" in line]
+    assert [shlex.split(line)[1] for line in cli] == ["train", "evaluate"]
+    try:
+        for line in cli:
+            argv = shlex.split(line)[1:]
+            assert main(argv + quicker[argv[0]]) == 0, (line, capsys.readouterr().err)
+        # (had the import trained, its second run into the script's folder would have been refused: exit 1 above)
+        assert "log p(x) =" in capsys.readouterr().out
+        assert type(pyro_vae.load("runs/laplace")).__name__ == "LaplaceVAE"        # as the docs say after it
+    finally:
+        sys.modules.pop("mymodels", None)
 
 
 def test_docs_global_latent_example_reports_both_figures_under_their_names(tmp_path, monkeypatch, capsys):

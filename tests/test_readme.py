@@ -56,5 +56,6 @@ def test_cli_commands_in_readme_parse(line):
 def test_ci_runs_the_readme_test_command():
     ci = (README.parent / ".ci" / "run").read_text()
     assert "make test" in ci
+    assert ".ci/wheel" in ci and (README.parent / ".ci" / "wheel").stat().st_mode & 0o111   # the wheel step runs
     makefile = (README.parent / "Makefile").read_text()
     assert "pip install -e '.[test]'" in makefile and "-m pytest" in makefile

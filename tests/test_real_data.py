@@ -143,7 +143,7 @@ def test_run_one_evaluates_the_strided_subset(binarized, tmp_path, monkeypatch):
 
     monkeypatch.setattr(common, "train", lambda config, **kw: (tmp_path / SUMMARY).write_text("{}"))
     monkeypatch.setattr(common, "load_vae", lambda out: (SimpleNamespace(model=None, guide=None), config))
-    monkeypatch.setattr(common, "load_dataset", lambda *args, **kwargs: binarized)
+    monkeypatch.setattr(common, "config_dataset", lambda *args, **kwargs: binarized)
     monkeypatch.setattr(common, "evaluate", fake_evaluate)
     record = common.run_one("VAE k=1", 0, config, 5, tmp_path, eval_points=250, train_gap="strided")
     test_points, train_points = evaluated

@@ -267,7 +267,7 @@ def test_a_checkpoint_from_before_the_bounds_were_named_resumes(tmp_path, digits
 
 def test_existing_checkpoint_without_resume_is_refused(finished_run, digits):
     before = (Path(finished_run.out) / CHECKPOINT).read_bytes()
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(FileExistsError, match="resume=True"):
         run(finished_run, digits)
     assert (Path(finished_run.out) / CHECKPOINT).read_bytes() == before
 
@@ -292,7 +292,8 @@ def test_nan_stops_training_and_keeps_last_good_checkpoint(tmp_path, digits):
         run(config, digits, on_step=log)
     message = str(info.value)
     assert "epoch 2, step 3" in message          # the 3rd step of the 2nd epoch is the first NaN loss
-    assert "nan" in message and CHECKPOINT in message and "--lr" in message
+    assert "nan" in message and CHECKPOINT in message and "resume=True" in message and "--" not in message
+    assert "--resume --clip-norm 1" in info.value.cli_message           # what the command line prints
     assert max(log.losses) == (1, 2)             # no step with a NaN loss was applied or reported
     ckpt = load_checkpoint(Path(config.out) / CHECKPOINT)
     assert (ckpt["epoch"], ckpt["step"]) == (1, 0)
@@ -668,7 +669,7 @@ def test_a_fresh_trainer_never_overwrites_a_run(tmp_path, digits):
     config = tiny(tmp_path / "run", epochs=1)
     run(config, digits)
     vae = build_vae(digits.data_dim, latent_dim=2, hidden=(32,))
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(FileExistsError, match="resume=True"):
         Trainer(vae, digits, config, progress=False).fit()
 
 

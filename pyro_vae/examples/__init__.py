@@ -6,3 +6,7 @@
 
 Train either from the command line, e.g. ``pyro-vae train --model pyro_vae.examples.two_layer:TwoLayerVAE``.
 """
+from .conditional import ConditionalVAE
+from .two_layer import TwoLayerVAE
+
+__all__ = ["ConditionalVAE", "TwoLayerVAE"]
