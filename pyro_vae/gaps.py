@@ -192,8 +192,8 @@ class InferenceGaps:
         log_px: ``[N]`` AIS log p(x) (``ais_steps`` steps x ``num_chains`` chains).
         iwae: ``[N]`` IWAE_S with the amortized guide.
         elbo_optimal, elbo: ``[N]`` ELBO[q*] and ELBO[q] (``elbo_samples`` draws each).
-        approximation_gap = log_px - elbo_optimal, amortization_gap = elbo_optimal - elbo,
-        inference_gap = log_px - elbo: ``[N]``.
+        approximation_gap, amortization_gap, inference_gap: ``[N]``: ``log_px - elbo_optimal``,
+            ``elbo_optimal - elbo`` and ``log_px - elbo``.
         means, stderrs: ``{row: float}`` over points for every row in :data:`ROWS`.
         mc_stderrs: ``{row: float}`` Monte-Carlo standard error of each mean (the estimators' own noise).
         optimal_steps: Adam steps run per batch; converged: whether every batch's fit passed the check.
