@@ -25,7 +25,7 @@ $(BIN)/.docs-installed: $(BIN)/.installed
 	touch $@
 
 docs: $(BIN)/.docs-installed
-	$(BIN)/mkdocs build --strict
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/train_step.py

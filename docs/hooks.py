@@ -1,4 +1,4 @@
-"""mkdocs hooks of the docs site (mkdocs.yml: ``hooks: [docs/hooks.py]``).
+r"""mkdocs hooks of the docs site (mkdocs.yml: ``hooks: [docs/hooks.py]``).
 
 * ``on_files``: the files that live outside ``docs/`` (the studies' tables and figures, benchmarks/RESULTS.md, the
   changelog) join the site at their repository paths, read in place: nothing is copied into ``docs/``.
@@ -7,6 +7,7 @@
   ``declaring_models.md``; a link to a file that is not in the site is left as it is and fails the strict build.
   The ``<!-- cli-reference -->`` marker is replaced by every ``pyro-vae`` subcommand's ``--help``, rendered from
   ``pyro_vae.cli.build_parser()`` at build time, so the CLI reference cannot drift from the parser.
+  In table rows, ``\|`` inside code spans (GitHub's escape) becomes ``|``.
 """
 import glob
 import os
@@ -19,6 +20,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # files outside docs/ that the site serves, at their repository paths
 EXTERNAL = ["CHANGELOG.md", "benchmarks/RESULTS.md", "experiments/results/*/*/table.md",
             "experiments/results/*/*/*.png"]
+# GitHub unescapes "\|" inside a table's code spans, Python-Markdown keeps the backslash (and needs no escape there)
+TABLE_ROW = re.compile(r"^\|.*\|[ \t]*$", re.M)
+CODE = re.compile(r"`[^`]+`")
 CLI_MARKER = "<!-- cli-reference -->"
 LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s]+)(\))")
 
@@ -88,6 +92,7 @@ def on_page_markdown(markdown, page, config, files):
         return match.group(1) + new + ("#" + anchor if anchor else "") + match.group(3)
 
     markdown = LINK.sub(repoint, markdown)
+    markdown = TABLE_ROW.sub(lambda row: CODE.sub(lambda c: c.group(0).replace("\\|", "|"), row.group(0)), markdown)
     if CLI_MARKER in markdown:
         markdown = markdown.replace(CLI_MARKER, cli_reference())
     return markdown
@@ -102,7 +107,7 @@ def cli_reference() -> str:
     os.environ["COLUMNS"] = "100"          # argparse wraps help at the terminal's width: make it fixed
     parser = build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    parts = ["## pyro-vae", "", "```text", parser.format_help().rstrip(), "```", ""]
+    parts = ["### pyro-vae", "", "```text", parser.format_help().rstrip(), "```", ""]
     for name, subparser in sub.choices.items():
-        parts += [f"## pyro-vae {name}", "", "```text", subparser.format_help().rstrip(), "```", ""]
+        parts += [f"### pyro-vae {name}", "", "```text", subparser.format_help().rstrip(), "```", ""]
     return "\n".join(parts)

@@ -5,6 +5,7 @@ simply absent; these tests fail instead. The full strict build runs once in .ci/
 """
 import ast
 import importlib
+import importlib.util
 import inspect
 import re
 from pathlib import Path
@@ -86,16 +87,45 @@ def test_included_readme_sections_exist():
 
 def test_cli_reference_renders_every_subcommand():
     pytest.importorskip("mkdocs", reason="the docs extra (pip install -e '.[docs]') is not installed")
-    spec = importlib.util.spec_from_file_location("docs_hooks", DOCS / "hooks.py")
-    hooks = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hooks)
+    hooks = load_docs_module("hooks")
     text = hooks.cli_reference()
     import argparse
     from pyro_vae.cli import build_parser
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert {"train", "sample", "reconstruct", "evaluate", "bdmc"} <= set(sub.choices)
     for name, parser in sub.choices.items():
-        assert f"## pyro-vae {name}\n" in text, f"the CLI reference has no section for pyro-vae {name}"
+        assert f"### pyro-vae {name}\n" in text, f"the CLI reference has no section for pyro-vae {name}"
         for action in parser._actions:      # every flag of every subcommand
             for flag in action.option_strings:
                 assert flag in text, f"the CLI reference does not show pyro-vae {name} {flag}"
+
+
+def load_docs_module(name):
+    spec = importlib.util.spec_from_file_location(f"docs_{name}", DOCS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_grouped_parameters_become_one_entry_each():
+    pytest.importorskip("griffe", reason="the docs extra (pip install -e '.[docs]') is not installed")
+    roles = load_docs_module("griffe_roles")
+    doc = ("Run it::\n\n    code here\n\nArgs:\n    model, guide: any Pyro programs\n        on the contract.\n"
+           "    x: the data.\n\nReturns:\n    a, b: not a parameter list.")
+    out = roles.split_grouped(roles.literal_markers(doc))
+    assert "Run it:\n\n    code here" in out
+    assert "    model: any Pyro programs\n        on the contract.\n    guide: any Pyro programs\n        on the contract." in out
+    assert "    x: the data." in out and "    a, b: not a parameter list." in out     # outside Args: untouched
+
+
+def test_a_role_naming_a_missing_object_fails_the_build():
+    griffe = pytest.importorskip("griffe", reason="the docs extra (pip install -e '.[docs]') is not installed")
+    roles = load_docs_module("griffe_roles")
+    pkg = griffe.load("pyro_vae", search_paths=[str(ROOT)])
+    pkg["vae.VAE"].docstring.value += "\n\nSee :class:`~pyro_vae.priors.Prior` and :meth:`sample`."
+    roles.SphinxRoles().on_package(pkg=pkg)
+    value = pkg["vae.VAE"].docstring.value
+    assert "[`Prior`][pyro_vae.priors.Prior]" in value and "[`sample`][pyro_vae.vae.VAE.sample]" in value
+    pkg["vae.VAE"].docstring.value += "\n\nSee :func:`pyro_vae.priors.no_such_prior`."
+    with pytest.raises(ValueError, match="no_such_prior"):
+        roles.SphinxRoles().on_package(pkg=pkg)
