@@ -129,3 +129,13 @@ def test_a_role_naming_a_missing_object_fails_the_build():
     pkg["vae.VAE"].docstring.value += "\n\nSee :func:`pyro_vae.priors.no_such_prior`."
     with pytest.raises(ValueError, match="no_such_prior"):
         roles.SphinxRoles().on_package(pkg=pkg)
+
+
+def test_site_pages_hold_no_untested_code():
+    """Code on the site comes from README.md (run by test_readme.py) or docs/declaring_models.md (run by
+    test_examples.py), included in place; a python block written into another page would run nowhere."""
+    tested = {"declaring_models.md"}
+    for page in sorted(DOCS.rglob("*.md")):
+        if page.name not in tested:
+            assert "```python" not in page.read_text(), \
+                f"{page.relative_to(ROOT)} has its own python block: include it from README.md, or test it"
