@@ -14,7 +14,7 @@ from pyro_vae.cli import main
 from pyro_vae.config import TrainConfig, load_config_file
 from pyro_vae.data import load_dataset
 from pyro_vae.launch import train
-from pyro_vae.run import _check_resume_config
+from pyro_vae.config import check_resume
 from pyro_vae.tensorboard_hook import INSTALL, LOG_DIR, TensorBoardLogger, TensorBoardMissing
 from pyro_vae.training import Trainer
 from pyro_vae.vae import build_vae
@@ -171,5 +171,5 @@ def test_configs_from_before_tensorboard_still_read_and_resume(tmp_path):
     old = {k: v for k, v in TrainConfig(out=str(tmp_path)).to_dict().items() if not k.startswith("tensorboard")}
     (tmp_path / "config.json").write_text(json.dumps(old))
     assert TrainConfig.from_dict(load_config_file(tmp_path / "config.json")).tensorboard is False
-    _check_resume_config(old, TrainConfig(out=str(tmp_path), tensorboard=True, tensorboard_images_every=3),
+    check_resume(old, TrainConfig(out=str(tmp_path), tensorboard=True, tensorboard_images_every=3),
                          tmp_path / "checkpoint.pt")                  # turning the logging on is no config change
