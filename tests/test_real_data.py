@@ -141,7 +141,8 @@ def test_run_one_evaluates_the_strided_subset(binarized, tmp_path, monkeypatch):
         evaluated.append(x)
         return SimpleNamespace(mean=0.0, stderr=0.0, elbo=0.0, active_units=0, iwae_curve=[])
 
-    monkeypatch.setattr(common, "train", lambda config, **kw: (tmp_path / SUMMARY).write_text("{}"))
+    monkeypatch.setattr(common, "train", lambda config, **kw: SimpleNamespace(
+        stop_reason="completed", written=(tmp_path / SUMMARY).write_text("{}")))
     monkeypatch.setattr(common, "load_vae", lambda out: (SimpleNamespace(model=None, guide=None), config))
     monkeypatch.setattr(common, "config_dataset", lambda *args, **kwargs: binarized)
     monkeypatch.setattr(common, "evaluate", fake_evaluate)
