@@ -4,14 +4,16 @@ every run on, for as many hours as it is given, and commits what it reached.
 Each run advances milestone by milestone: the ends of the IWAE paper's learning-rate stages (1, 4, 13, 40,
 121, 364, 1093, 3280 epochs) and every 100 epochs.  Milestones are taken breadth-first (every run reaches 40
 epochs before any trains past it), in the runs' priority order, and a segment is started only when its
-estimated time (the run's median seconds per epoch so far) fits in what is left of ``--hours``.  Each
-milestone adds a curve point (test log p(x) with S = 5000 on ``curve_points`` strided test points); when
-the time is up, every run whose last full evaluation is older than its epoch is scored on the full test set
-(:func:`experiments.common.score`, about 15 minutes a run on 2 CPU cores, not counted in ``--hours``).
+estimated time (the run's median seconds per epoch: of this invocation's epochs once there are 3, else of
+all of them) fits in what is left of ``--hours``.  Each milestone adds a curve point (test log p(x) with
+S = 5000 on ``curve_points`` strided test points); when the time is up, every run whose last full evaluation
+is older than its epoch is scored on the full test set (:func:`experiments.common.score`, about 15 minutes a
+run on 2 CPU cores, not counted in ``--hours``).
 
-A run's state is its folder: ``checkpoint.pt`` (committed for this budget, so the next session resumes it)
-and ``record.json`` (settings, epochs reached, curve, last full evaluation).  Its settings key leaves out the
-epochs, which grow; any other change is refused as in :func:`experiments.common.kept_record`.
+A run's state is its folder, committed for this budget so that the next session resumes it: ``checkpoint.pt``,
+``metrics.jsonl`` (the training history) and ``record.json`` (settings, epochs reached, curve, last full
+evaluation).  Its settings key leaves out the epochs, which grow; any other change is refused as in
+:func:`experiments.common.kept_record`.
 """
 import dataclasses
 import json
@@ -22,7 +24,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from pyro_vae.checkpoint import CHECKPOINT
+from pyro_vae.checkpoint import CHECKPOINT, load_checkpoint
 from pyro_vae.data import evaluation_indices
 from pyro_vae.evaluation import evaluate
 from pyro_vae.factory import config_dataset, load_vae
@@ -52,14 +54,22 @@ def load_state(config, settings: Dict) -> Dict:
     return state
 
 
-def seconds_per_epoch(out: Path) -> Optional[float]:
+def seconds_per_epoch(out: Path, since: int) -> Optional[float]:
+    """The run's median seconds per epoch: of the epochs after ``since`` (those this invocation trained: the
+    machine as it is now) once there are 3, else of all its epochs (an earlier session's machine, which may
+    have been busier or quieter); None before the run has any.  Read from ``metrics.jsonl``, or from the
+    checkpoint's history when the folder is a fresh checkout (the log is not committed before its first
+    segment here)."""
     path = out / "metrics.jsonl"
-    if not path.exists():
+    if path.exists():
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    elif (out / CHECKPOINT).exists():
+        rows = load_checkpoint(out / CHECKPOINT)["history"]
+    else:
         return None
-    seconds = [json.loads(line)["seconds"] for line in path.read_text().splitlines() if line.strip()]
-    # the last 10 epochs (the machine as it is now); fewer than 3 say too little (a resumed epoch counts the
-    # time before the stop too), and the short first segments run
-    return statistics.median(seconds[-10:]) if len(seconds) >= 3 else None
+    recent = [row["seconds"] for row in rows if row["epoch"] > since]
+    seconds = recent if len(recent) >= 3 else [row["seconds"] for row in rows]
+    return statistics.median(seconds) if seconds else None
 
 
 def curve_point(config, num_samples: int, points: int) -> Dict:
@@ -76,12 +86,13 @@ def advance(runs, states: Dict, budget: Dict, hours: float, revision: str) -> No
     """Train every run on, milestone by milestone, while the estimated time fits in ``hours``; a run whose
     next segment does not fit stays where it is for this invocation."""
     deadline, waiting = time.monotonic() + hours * 3600, set()
+    start = {config.out: states[config.out]["epochs"] for *_, config in runs}
     for milestone in milestones(budget["target_epochs"]):
         for binarization, name, seed, config in runs:
             state, out = states[config.out], Path(config.out)
             if state["epochs"] >= milestone or config.out in waiting:
                 continue
-            per_epoch = seconds_per_epoch(out) or 0.0
+            per_epoch = seconds_per_epoch(out, start[config.out]) or 0.0
             need = (milestone - state["epochs"]) * per_epoch + CURVE_SECONDS
             if time.monotonic() + need > deadline:
                 waiting.add(config.out)

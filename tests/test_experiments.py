@@ -208,3 +208,19 @@ def test_an_interrupted_study_scores_nothing_and_says_how_to_resume(tmp_path, mo
     assert main(["run", "binarized-mnist", "--budget", "medium", "--data-dir", str(tmp_path / "data"), "--out",
                  str(tmp_path / "medium"), "--hours", "1", "--rows", "static-VAE_k1"]) == 130
     assert not list((tmp_path / "medium").glob("runs/*/record.json"))
+
+
+def test_a_staged_run_times_its_next_segment_on_the_machine_as_it_is_now(tmp_path):
+    """An earlier session's epochs (here 100 s, a busy machine) time a segment until this invocation has
+    trained 3 epochs of its own (8 s); before any epoch there is no estimate."""
+    import json
+
+    from experiments.staged import seconds_per_epoch
+    assert seconds_per_epoch(tmp_path, since=0) is None
+    rows = [{"epoch": e, "seconds": 100.0} for e in range(1, 6)]
+    log = tmp_path / "metrics.jsonl"
+    rows += [{"epoch": 6, "seconds": 8.0}, {"epoch": 7, "seconds": 8.0}]
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert seconds_per_epoch(tmp_path, since=5) == 100.0            # 2 epochs of this invocation: too few
+    log.write_text(log.read_text() + json.dumps({"epoch": 8, "seconds": 9.0}) + "\n")
+    assert seconds_per_epoch(tmp_path, since=5) == 8.0
