@@ -93,9 +93,10 @@ def _cmd_reconstruct(args, argv) -> int:
     data = config_dataset(config, args.data_dir)
     # in dynamic mode the train split holds grey levels: show it as the model saw it in epoch 1
     split = data.train_epoch(0, config.seed) if args.split == "train" else data.split(args.split)
-    x = split[: args.num]
+    rows = evaluation_indices(len(split), args.num)        # spread over the split, which may be sorted by class
+    x = split[rows]
     labels = data.labels(args.split)
-    labels = labels[: args.num].to(device) if labels is not None else None
+    labels = labels[rows].to(device) if labels is not None else None
     recon = vae.reconstruct(x.to(device), **_labels_for(vae, labels)).cpu()
     out = _output_stem(args, "reconstructions")
     np.save(out.with_suffix(".npy"), np.stack([x.numpy(), recon.numpy()]))
@@ -263,7 +264,8 @@ def add_model_commands(sub) -> None:
     p.add_argument("checkpoint", help="a checkpoint file or a run folder (uses best.pt)")
     p.add_argument("--split", default="test", choices=("train", "valid", "test"),
                    help="which split to reconstruct (default: %(default)s)")
-    p.add_argument("--num", type=positive_int, default=20, help="number of data points (default: %(default)s)")
+    p.add_argument("--num", type=positive_int, default=20, help="number of data points, spread evenly over the split (every (N / NUM)-th; a "
+                                                     "split may be sorted by class) (default: %(default)s)")
     p.add_argument("--data-dir", default=None, help="override the data folder stored in the checkpoint's config")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto: where the model runs (default: %(default)s)")
     p.add_argument("--out", default=None, help="output path without extension (default: RUN/reconstructions, in the "

@@ -218,14 +218,14 @@ def import_object(spec: str) -> Any:
     ``python -m``)."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"--model must look like package.module:Name, got {spec!r}")
+        raise ValueError(f"a model class is named as 'package.module:Name', got {spec!r}")
     added = os.getcwd() not in sys.path
     if added:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ValueError(f"cannot import {module_name!r} for --model {spec}: {e}") from e
+        raise ValueError(f"cannot import {module_name!r} for the model class {spec!r}: {e}") from e
     finally:
         if added and os.getcwd() in sys.path:
             sys.path.remove(os.getcwd())
@@ -234,7 +234,7 @@ def import_object(spec: str) -> Any:
         for part in attr.split("."):
             obj = getattr(obj, part)
     except AttributeError:
-        raise ValueError(f"{module_name!r} has no attribute {attr!r} (--model {spec})") from None
+        raise ValueError(f"{module_name!r} has no attribute {attr!r} (model class {spec!r})") from None
     return obj
 
 
@@ -247,7 +247,7 @@ def build_user_model(spec: str, offered: Dict[str, Any], model_args: Dict[str, A
     Returns ``(model, kwargs)``; ``kwargs`` rebuilds the same model from a checkpoint."""
     factory = import_object(spec)
     if not (inspect.isclass(factory) and issubclass(factory, torch.nn.Module)):
-        raise ValueError(f"--model {spec} must name a torch.nn.Module subclass (a class with model() and guide() "
+        raise ValueError(f"{spec!r} must name a torch.nn.Module subclass (a class with model() and guide() "
                          f"methods), got {type(factory).__name__} {factory!r}")
     try:
         parameters = inspect.signature(factory).parameters
@@ -259,7 +259,7 @@ def build_user_model(spec: str, offered: Dict[str, Any], model_args: Dict[str, A
     try:
         model = factory(**kwargs)
     except TypeError as e:
-        raise ValueError(f"--model {spec}: calling it with {sorted(kwargs)} failed: {e}") from e
+        raise ValueError(f"the model class {spec!r}: calling it with {sorted(kwargs)} failed: {e}") from e
     if "_init_args" not in model.__dict__:
         record_arguments(model, kwargs)       # pyro_vae.save can write it down
     return model, kwargs

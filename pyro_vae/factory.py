@@ -218,8 +218,9 @@ def build_model(config: TrainConfig, data: Dataset, fresh: bool = True) -> Tuple
         model, kwargs = build_user_model(config.model, offer, config.model_args)
         ignored = sorted(k for k in offer if k in MODEL_SETTINGS and k not in kwargs)
         if ignored:
-            warnings.warn(f"--model {config.model} does not take {', '.join(ignored)}: those flags are ignored "
-                          f"(pass the model's own arguments with --model-arg KEY=VALUE)")
+            warnings.warn(f"the model class {config.model!r} does not take {', '.join(ignored)}: those settings are "
+                          f"ignored (pass the model's own arguments as model_args={{...}}, --model-arg KEY=VALUE on "
+                          f"the command line)")
         extra = {"user_model": config.model, "user_model_kwargs": kwargs}
     else:
         kwargs = model_kwargs(config, data)

@@ -10,6 +10,7 @@ from typing import Any, List, Mapping, Sequence, Tuple
 
 import torch
 
+from .data import evaluation_indices
 from .image_plots import plot_image_grid, plot_reconstructions
 from .latent_plots import plot_latent_space, plot_prior_density
 from .plots import PathLike, plot_training_curves
@@ -97,7 +98,7 @@ def write_run_figures(model: Any, data: Any, history: Sequence[Mapping[str, Any]
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         if data.image_shape is not None:
-            x = test[:num_images]
+            x = test[evaluation_indices(len(test), num_images).to(device)]   # spread: a split may be sorted
             title, labels = reconstruction_wording(model, data, x)
             written.append(plot_reconstructions(x, model.reconstruct(x), data.image_shape,
                                                 out_dir / "reconstructions.png", title=title, labels=labels))

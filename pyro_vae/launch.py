@@ -138,7 +138,7 @@ def launch(config, resume: bool = False, progress: Union[bool, str] = True, data
         try:
             pickle.dumps(on_step)
         except Exception as e:  # noqa: BLE001 - any pickling failure means the same thing
-            raise ValueError(f"on_step must be picklable to run in the training processes (--devices {world}): "
+            raise ValueError(f"on_step must be picklable to run in the {world} training processes: "
                              f"a module-level function or an instance of a module-level class ({e})") from None
     if data is None and config.download:   # fetch missing files once, not N times at once into one folder
         config_dataset(config, download=True)

@@ -90,15 +90,15 @@ class BernoulliLikelihood(Likelihood):
         if fractional.any():
             raise LikelihoodError(
                 f"bernoulli likelihood needs binary data (exactly 0 or 1), got grey levels: "
-                f"{_describe_bad_values(x, fractional)}. Binarize them (--binarize static|dynamic) "
-                f"or use --likelihood continuous-bernoulli for values in [0, 1].")
+                f"{_describe_bad_values(x, fractional)}. Binarize them (binarize='static' or 'dynamic'; --binarize "
+                f"on the command line) or use the continuous-bernoulli likelihood for values in [0, 1].")
 
 
 def _require_unit_interval(x, what: str) -> None:
     outside = (x < 0) | (x > 1)
     if outside.any():
-        raise LikelihoodError(f"{what} {_describe_bad_values(x, outside)}. Rescale the data, or use --likelihood "
-                              f"gaussian.")
+        raise LikelihoodError(f"{what} {_describe_bad_values(x, outside)}. Rescale the data, or use the gaussian "
+                              f"likelihood (likelihood='gaussian', --likelihood gaussian).")
 
 
 class ContinuousBernoulliLikelihood(Likelihood):

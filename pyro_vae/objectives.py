@@ -27,6 +27,7 @@ from pyro.infer import (ELBO, JitTrace_ELBO, JitTraceEnum_ELBO, JitTraceGraph_EL
 from .importance import (ImportanceWeights, ModelGuideContractError, guess_max_plate_nesting,
                          importance_weights, latent_sites, masked_log_prob, per_datapoint_sum,
                          score_guide)
+from .wording import usage_error
 
 OBJECTIVES = ("elbo", "meanfield", "iwae", "miwae", "ciwae", "piwae")
 
@@ -41,9 +42,11 @@ def build_objective(name: str, num_particles: int = 1, gradient: str = "standard
     if num_particles < 1:
         raise ValueError(f"num_particles must be >= 1, got {num_particles}")
     if gradient != "standard" and name not in ("iwae", "miwae"):
-        raise ValueError(f"--gradient {gradient} applies to the iwae and miwae losses, not to {name!r}")
+        raise usage_error(ValueError, f"gradient={gradient!r} applies to the iwae and miwae losses, not to {name!r}",
+                          f"--gradient {gradient} applies to the iwae and miwae losses, not to {name!r}")
     if num_outer != 1 and name not in ("miwae", "piwae"):
-        raise ValueError(f"--num-outer applies to the miwae and piwae losses, not to {name!r}")
+        raise usage_error(ValueError, f"num_outer applies to the miwae and piwae losses, not to {name!r}",
+                          f"--num-outer applies to the miwae and piwae losses, not to {name!r}")
     vectorize = num_particles > 1
     if name == "elbo":
         return Trace_ELBO(num_particles=num_particles, vectorize_particles=vectorize)

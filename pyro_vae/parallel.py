@@ -83,10 +83,10 @@ def require_module_parameters(foreign: Sequence[str]) -> None:
     parameters of the trained ``nn.Module`` (``foreign``: their names)."""
     if foreign:
         raise ValueError(
-            f"training on several devices (--devices > 1) synchronises only the model's nn.Module parameters, "
+            f"training on several devices (devices > 1) synchronises only the model's nn.Module parameters, "
             f"but these pyro.param parameters are not in the module and would drift apart between processes: "
             f"{', '.join(sorted(foreign))}. Make them nn.Parameter attributes of the module (or PyroParam "
-            f"attributes of a PyroModule), or train with --devices 1")
+            f"attributes of a PyroModule), or train on one device (devices=1, --devices 1)")
 
 
 class DistributedLoss(torch.nn.Module):

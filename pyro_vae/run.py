@@ -118,7 +118,7 @@ def run(config: TrainConfig, parallel: Optional[Any] = None, resume: bool = Fals
     if config.model and trainer.foreign_params:
         # best.pt and load_vae rebuild the module from its class and state_dict: pyro.param values outside
         # it would come back at their initial values in `evaluate`, `sample` and the summary's test bound
-        raise ValueError(f"--model {config.model}: these parameters are pyro.param calls, not parameters of the "
+        raise ValueError(f"model class {config.model!r}: these parameters are pyro.param calls, not parameters of the "
                          f"module: {', '.join(sorted(trainer.foreign_params))}. Make them nn.Parameter (or "
                          f"PyroParam) attributes of the module, so checkpoints can rebuild the model")
     if ckpt is not None:

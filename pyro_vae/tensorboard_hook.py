@@ -29,7 +29,7 @@ import torch
 
 from .config import RESUMABLE_CHANGES
 from .contract import eval_mode, state_preserved
-from .data import chw
+from .data import chw, evaluation_indices
 from .hooks import Hook, bound_label, notify
 
 INSTALL = "pip install 'pyro_vae[tensorboard]'"
@@ -161,8 +161,9 @@ class TensorBoardLogger(Hook):
         module, n = trainer.module, min(self.num_images, len(trainer.valid))
         per_row = min(10, n)
         n -= n % per_row
-        x = trainer.valid[:n]
-        side = {key: value[:n] for key, value in trainer.valid_data.items()}   # e.g. the labels of a conditional model
+        rows = evaluation_indices(len(trainer.valid), n).to(trainer.valid.device)   # spread: a split may be sorted
+        x = trainer.valid[rows]
+        side = {key: value[rows] for key, value in trainer.valid_data.items()}   # e.g. the labels of a conditional model
         try:
             with state_preserved(module, trainer.device), eval_mode(module), torch.no_grad():
                 torch.manual_seed(0)                                         # the same prior draws at every step

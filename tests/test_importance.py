@@ -292,7 +292,7 @@ def test_importance_weighted_objectives_and_dreg_refuse_global_latents(x):
 def test_build_objective_names_and_argument_errors():
     assert isinstance(build_objective("iwae", 5, gradient="dreg"), IWAE_ELBO)
     assert build_objective("miwae", 5, num_outer=2).num_particles == 10
-    with pytest.raises(ValueError, match="--gradient dreg applies to the iwae and miwae"):
+    with pytest.raises(ValueError, match="gradient='dreg' applies to the iwae and miwae"):
         build_objective("elbo", 5, gradient="dreg")
     with pytest.raises(ValueError, match="unknown gradient estimator"):
         IWAE_ELBO(5, gradient="reinforce")

@@ -159,6 +159,23 @@ def test_reconstructions_are_worded_by_the_layout_and_the_likelihood():
                                                title=title, labels=("a much longer input label", "b")))
 
 
+def test_run_figures_reconstruct_points_spread_over_a_sorted_test_split(tmp_path, monkeypatch):
+    """A test split sorted by class (Larochelle's binarized MNIST: its first 1000 rows are zeros) must not give a
+    reconstruction figure of one class: the figure's inputs are every (N / n)-th row."""
+    from pyro_vae import figures
+    from pyro_vae.data import load_dataset
+    from pyro_vae.vae import build_vae
+    data = load_dataset("digits", None, "static", None, 0)
+    order = torch.argsort(data.test_labels, stable=True)
+    data.test, data.test_labels = data.test[order], data.test_labels[order]
+    shown = {}
+    monkeypatch.setattr(figures, "plot_reconstructions", lambda x, *a, **k: shown.setdefault("x", x))
+    figures.write_run_figures(build_vae(64, latent_dim=2, hidden=(8,)), data, [], tmp_path, num_images=10)
+    rows = torch.arange(10) * len(data.test) // 10
+    assert torch.equal(shown["x"], data.test[rows])
+    assert data.test_labels[:10].unique().tolist() == [0] and len(data.test_labels[rows].unique()) >= 9
+
+
 def test_reconstructions_mismatch_raises(tmp_path):
     with pytest.raises(ValueError, match=r"\(5, 64\).*\(4, 64\)"):
         image_plots.plot_reconstructions(np.zeros((5, 64)), np.zeros((4, 64)), (8, 8), tmp_path / "r.png")

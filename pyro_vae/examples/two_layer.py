@@ -72,7 +72,7 @@ class TwoLayerVAE(nn.Module):
         if x.dim() != 2 or x.shape[1] != self.data_dim:
             raise ValueError(f"x must have shape [N, {self.data_dim}], got {tuple(x.shape)}")
         if ((x != 0) & (x != 1)).any():
-            raise ValueError("TwoLayerVAE has a Bernoulli likelihood: x must be binary (use --binarize dynamic)")
+            raise ValueError("TwoLayerVAE has a Bernoulli likelihood: x must be binary (binarize='dynamic', --binarize dynamic)")
 
     @torch.no_grad()
     def sample(self, num_samples: int) -> torch.Tensor:
