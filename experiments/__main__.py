@@ -14,10 +14,11 @@ from pathlib import Path
 
 from pyro_vae.data import DataError
 
-from . import binarized_mnist, estimators, gaps, priors
+from . import binarized_mnist, estimators, gaps, priors, priors_mnist
 from .common import StudyError
 
-STUDIES = {"estimators": estimators, "priors": priors, "binarized-mnist": binarized_mnist, "gaps": gaps}
+STUDIES = {"estimators": estimators, "priors": priors, "priors-mnist": priors_mnist, "binarized-mnist": binarized_mnist,
+           "gaps": gaps}
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -43,9 +44,9 @@ def main(argv=None) -> int:
                         "paper scale, for a GPU")
     p.add_argument("--out", default=None, help="output folder (default: experiments/results/STUDY/BUDGET)")
     p.add_argument("--data-dir", default=None,
-                   help="folder with the data files (binarized-mnist: binarized_mnist_*.amat[.gz] and MNIST's IDX "
-                        "files, directly or in binarized_mnist/ and mnist/ subfolders, e.g. ../shared/data; "
-                        "default: pyro_vae's data folder)")
+                   help="folder with the data files (binarized-mnist and priors-mnist: binarized_mnist_*.amat[.gz]; "
+                        "binarized-mnist also MNIST's IDX files; directly or in binarized_mnist/ and mnist/ "
+                        "subfolders, e.g. ../shared/data; default: pyro_vae's data folder)")
     p.add_argument("--download", action="store_true",
                    help="download missing data files into --data-dir (needs internet)")
     p.add_argument("--hours", type=float, default=None,

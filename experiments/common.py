@@ -180,10 +180,13 @@ def run_revisions(records: Iterable[Dict]) -> List[str]:
 
 def write_table(out_dir: Path, title: str, command: str, description: str, columns, rows,
                 records: Iterable[Dict] = ()) -> None:
-    """``table.md``: a title, the command that wrote it and the revisions that made its runs, what was
-    measured, and a markdown table."""
+    """``table.md``: a title, the command that wrote it, the revisions and machines that made its runs, what
+    was measured, and a markdown table."""
+    records = list(records)
     revisions = ", ".join(f"`{r}`" for r in run_revisions(records))
-    lines = [f"# {title}", "", f"Command: `{command}`  ", f"Runs made at revision(s): {revisions}  ", description, "",
+    machines = "; ".join(sorted({r.get("machine") or "unknown" for r in records}))
+    lines = [f"# {title}", "", f"Command: `{command}`  ", f"Runs made at revision(s): {revisions}  ",
+             f"Machine(s): {machines}  ", description, "",
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     (out_dir / "table.md").write_text("\n".join(lines) + "\n")

@@ -33,22 +33,29 @@ BUDGETS: Dict[str, Dict] = {
 }
 
 
-def write_outputs(records, table, budget_name, budget, out_dir: Path, command: str) -> None:
-    description = (f"Data: {budget['train'].get('dataset', 'digits')}; seeds {budget['seeds']}; "
-                   f"test log p(x) by importance sampling with S = {budget['num_samples']}; "
+def write_outputs(records, table, budget_name, budget, out_dir: Path, command: str, title: str = "Prior study") -> None:
+    data = budget.get("data", budget["train"].get("dataset", "digits"))
+    points = "all test points" if budget.get("eval_points") is None else f"{budget['eval_points']} strided test points"
+    description = (f"Data: {data}; {budget.get('network', 'the default MLP')}; seeds {budget['seeds']}; "
+                   f"test log p(x) by importance sampling with S = {budget['num_samples']} on {points}; "
                    f"mean ± standard error over seeds (nats, higher is better).")
     rows = [(prior, budget["components"].get(prior, "-"), format_mean_se(row['log_px']),
              f"{row['elbo'][0]:.2f}", f"{row['active_units'][0]:.1f}") for prior, row in table.items()]
-    write_table(out_dir, f"Prior study ({budget_name} budget)", command, description,
+    write_table(out_dir, f"{title} ({budget_name} budget)", command, description,
                 ("prior", "components", "test log p(x)", "test ELBO", "active units"), rows, records)
     write_metrics(out_dir, command, budget_name, budget["seeds"], table, records)
     plot_study(records, table, out_dir / "priors.png", f"test log p(x), S = {budget['num_samples']} (nats)",
-               f"Priors on {budget['train'].get('dataset', 'digits')} ({budget_name} budget)")
+               f"Priors on {data} ({budget_name} budget)")
 
 
 def run(budget_name: str, out_dir: Path, command: str, revision: str, data_dir: Optional[str] = None,
         download: bool = False) -> Dict[str, Dict]:
-    budget = BUDGETS[budget_name]
+    return run_budget(budget_name, BUDGETS[budget_name], out_dir, command, revision, data_dir, download)
+
+
+def run_budget(budget_name: str, budget: Dict, out_dir: Path, command: str, revision: str,
+               data_dir: Optional[str] = None, download: bool = False, title: str = "Prior study") -> Dict[str, Dict]:
+    """Train and score every (seed, prior) of ``budget`` into ``out_dir`` and write its outputs."""
     out_dir.mkdir(parents=True, exist_ok=True)
     records = []
     for seed in budget["seeds"]:
@@ -57,11 +64,11 @@ def run(budget_name: str, out_dir: Path, command: str, revision: str, data_dir: 
             config = TrainConfig(prior=prior, prior_components=budget["components"].get(prior, 10), seed=seed,
                                  out=str(run_dir), **budget["train"], **data_settings(data_dir, download))
             record = run_one(prior, seed, config, budget["num_samples"], run_dir, revision=revision,
-                             budget=budget_name)
+                             budget=budget_name, eval_points=budget.get("eval_points"))
             record.setdefault("name", record.get("prior", prior))
             records.append(record)
             print(f"{prior:<9s} seed {seed}: test log p(x) = {record['log_px']:.2f} ± {record['log_px_se']:.2f}",
                   flush=True)
     table = summarize(records, PRIORS)
-    write_outputs(records, table, budget_name, budget, out_dir, command)
+    write_outputs(records, table, budget_name, budget, out_dir, command, title)
     return table

@@ -11,6 +11,7 @@ def test_prior_study_smoke_writes_table_metrics_and_plot_and_resumes(tmp_path, c
     out = tmp_path / "priors"
     assert main(["run", "priors", "--budget", "smoke", "--out", str(out)]) == 0
     table = (out / "table.md").read_text()
+    assert table.splitlines()[4].startswith("Machine(s): ") and "cores, torch" in table.splitlines()[4]
     for prior in ("standard", "mog", "vamp"):
         assert f"| {prior} |" in table
     metrics = json.loads((out / "metrics.json").read_text())
@@ -103,6 +104,23 @@ def test_binarized_mnist_study_smoke_on_generated_files(tmp_path):
     assert (out / "binarized_mnist.png").stat().st_size > 1000
 
 
+def test_prior_study_on_static_binarized_mnist_smoke_on_generated_files(tmp_path):
+    """The three priors on Larochelle's static binarization (files in the real .amat format), each run's data,
+    prior and components in its record, the table saying the data and how many test points were scored."""
+    from test_data import write_amat_dataset
+    write_amat_dataset(tmp_path / "data" / "binarized_mnist")
+    out = tmp_path / "priors-mnist"
+    assert main(["run", "priors-mnist", "--budget", "smoke", "--data-dir", str(tmp_path / "data"), "--out",
+                 str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [(r["config"]["dataset"], r["config"]["binarize"], r["config"]["prior"], r["config"]["prior_components"])
+            for r in metrics["runs"]] == [("binarized-mnist", "none", "standard", 10),
+                                          ("binarized-mnist", "none", "mog", 3), ("binarized-mnist", "none", "vamp", 5)]
+    table = (out / "table.md").read_text()
+    assert "Prior study on static binarized MNIST (smoke budget)" in table and "S = 20 on 20 strided test points" in table
+    assert "| vamp | 5 |" in table and (out / "priors.png").stat().st_size > 1000
+
+
 def test_binarized_mnist_study_without_files_says_which(tmp_path, capsys):
     code = main(["run", "binarized-mnist", "--budget", "smoke", "--data-dir", str(tmp_path), "--out",
                  str(tmp_path / "out")])
@@ -114,7 +132,7 @@ class _Stop(Exception):
     """Raised by a stand-in to end a study once it has shown what it would train."""
 
 
-@pytest.mark.parametrize("study", ["binarized-mnist", "estimators", "priors"])
+@pytest.mark.parametrize("study", ["binarized-mnist", "estimators", "priors", "priors-mnist"])
 @pytest.mark.parametrize("flags", [[], ["--download"]], ids=["no-download", "download"])
 def test_data_dir_and_download_flags_reach_the_run_configs(tmp_path, monkeypatch, study, flags):
     """``python -m experiments run ... --download`` fetches missing files as ``pyro-vae train --download``
