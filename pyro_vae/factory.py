@@ -22,6 +22,7 @@ from .devices import resolve_device
 from .objectives import bound_name, build_objective
 from .specs import ARGS, CLASS, MODULE, SAME_AS, NotDescribable, describe
 from .vae import build_vae
+from .wording import cli_message, usage_error
 
 
 def objective_for(config: TrainConfig) -> ELBO:
@@ -242,7 +243,8 @@ def check_splits(model: Any, data: Dataset, config: TrainConfig) -> None:
             model.check_input(data.split(split) if data.binarize != "dynamic" or split != "train"
                               else data.train_epoch(0, config.seed))
         except ValueError as e:
-            raise ValueError(f"{split} split of {config.dataset!r}: {e}") from e
+            where = f"{split} split of {config.dataset!r}"
+            raise usage_error(ValueError, f"{where}: {e}", f"{where}: {cli_message(e)}") from e
 
 
 def check_training(module: Any, objective: ELBO, data: Dataset, config: TrainConfig, device: torch.device) -> None:

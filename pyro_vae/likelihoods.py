@@ -31,6 +31,7 @@ import pyro.distributions as dist
 
 from .distributions import BernoulliVector
 from .specs import Recorded
+from .wording import usage_error
 
 LIKELIHOODS = ("bernoulli", "continuous-bernoulli", "gaussian")
 SIGMA_MODES = ("fixed", "global", "pixel")
@@ -88,17 +89,19 @@ class BernoulliLikelihood(Likelihood):
         _require_unit_interval(x, "bernoulli likelihood needs data in {0, 1}, got values outside [0, 1]:")
         fractional = (x != 0) & (x != 1)
         if fractional.any():
-            raise LikelihoodError(
-                f"bernoulli likelihood needs binary data (exactly 0 or 1), got grey levels: "
-                f"{_describe_bad_values(x, fractional)}. Binarize them (binarize='static' or 'dynamic'; --binarize "
-                f"on the command line) or use the continuous-bernoulli likelihood for values in [0, 1].")
+            what = (f"bernoulli likelihood needs binary data (exactly 0 or 1), got grey levels: "
+                    f"{_describe_bad_values(x, fractional)}")
+            raise usage_error(LikelihoodError, f"{what}. Binarize them (binarize='static' or 'dynamic') or use "
+                                               f"likelihood='continuous-bernoulli' for values in [0, 1].",
+                              f"{what}. Binarize them (--binarize static|dynamic) or use --likelihood "
+                              f"continuous-bernoulli for values in [0, 1].")
 
 
 def _require_unit_interval(x, what: str) -> None:
     outside = (x < 0) | (x > 1)
     if outside.any():
-        raise LikelihoodError(f"{what} {_describe_bad_values(x, outside)}. Rescale the data, or use the gaussian "
-                              f"likelihood (likelihood='gaussian', --likelihood gaussian).")
+        what = f"{what} {_describe_bad_values(x, outside)}. Rescale the data, or use"
+        raise usage_error(LikelihoodError, f"{what} likelihood='gaussian'.", f"{what} --likelihood gaussian.")
 
 
 class ContinuousBernoulliLikelihood(Likelihood):

@@ -225,7 +225,7 @@ def test_gaussian_sigma_arguments():
 
 
 @pytest.mark.parametrize("likelihood, x, message", [
-    ("bernoulli", torch.full((2, 3), 0.5), r"binary data \(exactly 0 or 1\).*--binarize"),
+    ("bernoulli", torch.full((2, 3), 0.5), r"binary data \(exactly 0 or 1\).*binarize='static' or 'dynamic'"),
     ("bernoulli", torch.tensor([[0.0, 1.3, 1.0]]), r"outside \[0, 1\]"),
     ("bernoulli", torch.tensor([[0.0, float("nan"), 1.0]]), "non-finite"),
     ("bernoulli", torch.tensor([[0, 1, 1]]), "floating-point"),
