@@ -8,12 +8,18 @@ r"""mkdocs hooks of the docs site (mkdocs.yml: ``hooks: [docs/hooks.py]``).
   The ``<!-- cli-reference -->`` marker is replaced by every ``pyro-vae`` subcommand's ``--help``, rendered from
   ``pyro_vae.cli.build_parser()`` at build time, so the CLI reference cannot drift from the parser.
   In table rows, ``\|`` inside code spans (GitHub's escape) becomes ``|``.
+* ``on_page_content``: the maths (``\(...\)`` and ``\[...\]``, kept as TeX by ``pymdownx.arithmatex``) becomes
+  MathML at build time (``latex2mathml``), which browsers render natively: the site's maths needs no script and
+  no network.  TeX that ``latex2mathml`` cannot read fails the build, naming the page and the formula.
 """
 import glob
+import html
 import os
 import posixpath
 import re
 
+from latex2mathml.converter import convert as tex_to_mathml
+from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,6 +31,8 @@ TABLE_ROW = re.compile(r"^\|.*\|[ \t]*$", re.M)
 CODE = re.compile(r"`[^`]+`")
 CLI_MARKER = "<!-- cli-reference -->"
 LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s]+)(\))")
+# pymdownx.arithmatex's generic output: <span class="arithmatex">\(TeX\)</span>, <div class="arithmatex">\[TeX\]</div>
+MATH = re.compile(r'<(span|div) class="arithmatex">\\[(\[](.*?)\\[)\]]</\1>', re.S)
 
 
 def on_files(files, config):
@@ -111,3 +119,17 @@ def cli_reference() -> str:
     for name, subparser in sub.choices.items():
         parts += [f"### pyro-vae {name}", "", "```text", subparser.format_help().rstrip(), "```", ""]
     return "\n".join(parts)
+
+
+def on_page_content(html_text, page, config, files):
+    def mathml(match):
+        tex = html.unescape(match.group(2)).strip()
+        try:
+            out = tex_to_mathml(tex, display="block" if match.group(1) == "div" else "inline")
+        except Exception as e:  # noqa: BLE001 - whatever latex2mathml raises, the build must say where
+            raise PluginError(f"{page.file.src_path}: latex2mathml cannot convert {tex!r}: {e}") from e
+        if "<mi>&</mi>" in out:   # an environment it does not know (aligned, gathered) prints its & as text
+            raise PluginError(f"{page.file.src_path}: latex2mathml shows the alignment marks of {tex[:60]!r}... as "
+                              f"text; write the environment as split or align*")
+        return out
+    return MATH.sub(mathml, html_text)

@@ -139,3 +139,23 @@ def test_site_pages_hold_no_untested_code():
         if page.name not in tested:
             assert "```python" not in page.read_text(), \
                 f"{page.relative_to(ROOT)} has its own python block: include it from README.md, or test it"
+
+
+def test_the_maths_becomes_mathml_at_build_time_with_no_script():
+    """The site's maths needs no CDN: docs/hooks.py turns arithmatex's TeX into MathML, refuses TeX whose
+    alignment latex2mathml would print as text, and mkdocs.yml loads no remote script."""
+    pytest.importorskip("latex2mathml", reason="the docs extra (pip install -e '.[docs]') is not installed")
+    mkdocs = pytest.importorskip("mkdocs", reason="the docs extra (pip install -e '.[docs]') is not installed")
+    from types import SimpleNamespace
+    hooks = load_docs_module("hooks")
+    page = SimpleNamespace(file=SimpleNamespace(src_path="concepts.md"))
+    html = ('<p>With <span class="arithmatex">\\(K &lt; 2\\)</span> draws:</p>'
+            '<div class="arithmatex">\\[\\begin{split} a &amp;= b \\\\ &amp;\\le c \\end{split}\\]</div>')
+    out = hooks.on_page_content(html, page, None, None)
+    assert "arithmatex" not in out and out.count("<math") == 2
+    assert 'display="inline"' in out and 'display="block"' in out and "<mtable" in out and "&#x0003C;" in out
+    with pytest.raises(mkdocs.exceptions.PluginError, match="concepts.md.*split or align"):
+        hooks.on_page_content('<div class="arithmatex">\\[\\begin{aligned} a &amp;= b \\end{aligned}\\]</div>',
+                              page, None, None)
+    config = (ROOT / "mkdocs.yml").read_text()
+    assert "mathjax" not in config.lower() and "extra_javascript" not in config
