@@ -18,7 +18,6 @@ import os
 import posixpath
 import re
 
-from latex2mathml.converter import convert as tex_to_mathml
 from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File
 
@@ -122,6 +121,8 @@ def cli_reference() -> str:
 
 
 def on_page_content(html_text, page, config, files):
+    from latex2mathml.converter import convert as tex_to_mathml   # the docs extra; imported when a page is built
+
     def mathml(match):
         tex = html.unescape(match.group(2)).strip()
         try:

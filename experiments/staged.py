@@ -54,19 +54,27 @@ def load_state(config, settings: Dict) -> Dict:
     return state
 
 
+def epoch_history(out: Path) -> List[Dict]:
+    """The run's per-epoch rows (``epoch``, ``seconds``, ...): ``metrics.jsonl``, or the checkpoint's history
+    where the log is missing (a checkout from before the log was committed); none before the first epoch."""
+    path = out / "metrics.jsonl"
+    if path.exists():
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if (out / CHECKPOINT).exists():
+        return load_checkpoint(out / CHECKPOINT)["history"]
+    return []
+
+
+def last_epoch(out: Path) -> int:
+    """The last epoch the run has trained: ahead of its record's ``epochs`` after a segment was interrupted."""
+    return max((row["epoch"] for row in epoch_history(out)), default=0)
+
+
 def seconds_per_epoch(out: Path, since: int) -> Optional[float]:
     """The run's median seconds per epoch: of the epochs after ``since`` (those this invocation trained: the
     machine as it is now) once there are 3, else of all its epochs (an earlier session's machine, which may
-    have been busier or quieter); None before the run has any.  Read from ``metrics.jsonl``, or from the
-    checkpoint's history when the folder is a fresh checkout (the log is not committed before its first
-    segment here)."""
-    path = out / "metrics.jsonl"
-    if path.exists():
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    elif (out / CHECKPOINT).exists():
-        rows = load_checkpoint(out / CHECKPOINT)["history"]
-    else:
-        return None
+    have been busier or quieter); None before the run has any."""
+    rows = epoch_history(out)
     recent = [row["seconds"] for row in rows if row["epoch"] > since]
     seconds = recent if len(recent) >= 3 else [row["seconds"] for row in rows]
     return statistics.median(seconds) if seconds else None
@@ -86,7 +94,7 @@ def advance(runs, states: Dict, budget: Dict, hours: float, revision: str) -> No
     """Train every run on, milestone by milestone, while the estimated time fits in ``hours``; a run whose
     next segment does not fit stays where it is for this invocation."""
     deadline, waiting = time.monotonic() + hours * 3600, set()
-    start = {config.out: states[config.out]["epochs"] for *_, config in runs}
+    start = {config.out: last_epoch(Path(config.out)) for *_, config in runs}   # what earlier invocations trained
     for milestone in milestones(budget["target_epochs"]):
         for binarization, name, seed, config in runs:
             state, out = states[config.out], Path(config.out)

@@ -34,6 +34,7 @@ from pyro.poutine.util import prune_subsample_sites
 
 from .importance import ModelGuideContractError
 from .specs import record_arguments
+from .wording import cli_message, usage_error
 
 LABELS = "y"
 
@@ -184,10 +185,11 @@ def check_model(module: Any, x: torch.Tensor, num_data: Optional[int] = None, pl
         except ModelGuideContractError:
             raise
         except Exception as e:  # noqa: BLE001 - the user's program failed: say where, keep the cause
-            raise ModelGuideContractError(
-                f"running {type(module).__name__}'s guide and model on a batch of {n} points with num_data="
-                f"{given} failed: {type(e).__name__}: {e} (the data plate must work with num_data=None too: "
-                f"pyro.plate({plate!r}, num_data or len(x), subsample=torch.arange(len(x))))") from e
+            what = (f"running {type(module).__name__}'s guide and model on a batch of {n} points with num_data="
+                    f"{given} failed: {type(e).__name__}: ")
+            hint = (f" (the data plate must work with num_data=None too: pyro.plate({plate!r}, num_data or len(x), "
+                    f"subsample=torch.arange(len(x))))")
+            raise usage_error(ModelGuideContractError, f"{what}{e}{hint}", f"{what}{cli_message(e)}{hint}") from e
 
     # without side effects, so a trainer that checks before its first step trains exactly as one that does not
     with state_preserved(module, x.device), torch.no_grad(), poutine.block(hide_types=["param"]):
@@ -218,14 +220,16 @@ def import_object(spec: str) -> Any:
     ``python -m``)."""
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"a model class is named as 'package.module:Name', got {spec!r}")
+        raise usage_error(ValueError, f"a model class is named as 'package.module:Name', got {spec!r}",
+                          f"--model must look like package.module:Name, got {spec!r}")
     added = os.getcwd() not in sys.path
     if added:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ValueError(f"cannot import {module_name!r} for the model class {spec!r}: {e}") from e
+        raise usage_error(ValueError, f"cannot import {module_name!r} for the model class {spec!r}: {e}",
+                          f"cannot import {module_name!r} for --model {spec}: {e}") from e
     finally:
         if added and os.getcwd() in sys.path:
             sys.path.remove(os.getcwd())
@@ -234,7 +238,8 @@ def import_object(spec: str) -> Any:
         for part in attr.split("."):
             obj = getattr(obj, part)
     except AttributeError:
-        raise ValueError(f"{module_name!r} has no attribute {attr!r} (model class {spec!r})") from None
+        raise usage_error(ValueError, f"{module_name!r} has no attribute {attr!r} (model class {spec!r})",
+                          f"{module_name!r} has no attribute {attr!r} (--model {spec})") from None
     return obj
 
 
@@ -259,7 +264,8 @@ def build_user_model(spec: str, offered: Dict[str, Any], model_args: Dict[str, A
     try:
         model = factory(**kwargs)
     except TypeError as e:
-        raise ValueError(f"the model class {spec!r}: calling it with {sorted(kwargs)} failed: {e}") from e
+        what = f"calling it with {sorted(kwargs)} failed: {e}"
+        raise usage_error(ValueError, f"the model class {spec!r}: {what}", f"--model {spec}: {what}") from e
     if "_init_args" not in model.__dict__:
         record_arguments(model, kwargs)       # pyro_vae.save can write it down
     return model, kwargs

@@ -221,8 +221,9 @@ def _read_result(config, stop_reason: str, stop_signal=None):
                        stop_reason, out, config_bound_name(config), stop_signal)
 
 
-def _describe(error: BaseException) -> Tuple[str, str, str]:
-    return type(error).__module__, type(error).__qualname__, str(error)
+def _describe(error: BaseException) -> Tuple[str, str, str, Optional[str]]:
+    """What a process sends of its error: the type's module and name, the message, the command line's wording."""
+    return type(error).__module__, type(error).__qualname__, str(error), getattr(error, "cli_message", None)
 
 
 def _worker_error(messages: List[tuple], failure: Exception) -> Exception:
@@ -235,7 +236,7 @@ def _worker_error(messages: List[tuple], failure: Exception) -> Exception:
     if rank not in errors:
         return RuntimeError(f"a training process died without reporting an error ({failure}); "
                             f"see its output above")
-    module, qualname, message = errors[rank]
+    module, qualname, message, cli = errors[rank]
     try:
         cls = importlib.import_module(module)
         for part in qualname.split("."):
@@ -243,10 +244,11 @@ def _worker_error(messages: List[tuple], failure: Exception) -> Exception:
         if isinstance(cls, type) and issubclass(cls, Exception):
             error = cls(message)
             if str(error) == message:
-                return error
+                return usage_error(cls, message, cli) if cli else error
     except Exception:  # noqa: BLE001 - fall back to a RuntimeError below
         pass
-    return RuntimeError(f"training process {rank} failed with {qualname}: {message}")
+    where = f"training process {rank} failed with {qualname}: "
+    return usage_error(RuntimeError, where + message, where + cli) if cli else RuntimeError(where + message)
 
 
 def _on_worker_sigint(parent_pid: int):

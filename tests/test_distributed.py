@@ -227,6 +227,21 @@ def test_a_worker_error_reaches_the_caller_with_its_message(tmp_path, small_digi
         run(cfg, small_digits)
 
 
+def test_a_worker_error_keeps_its_command_line_wording():
+    """An error a process raises in Python's words with the command line's attached (usage_error) reaches the
+    launcher with both, so `pyro-vae train --devices 2` prints flags, not arguments."""
+    from pyro_vae.likelihoods import LikelihoodError
+    from pyro_vae.wording import cli_message, usage_error
+    sent = launch._describe(usage_error(LikelihoodError, "use binarize='dynamic'", "use --binarize dynamic"))
+    error = launch._worker_error([("error", 1, sent)], RuntimeError("process 1 exited"))
+    assert type(error) is LikelihoodError and str(error) == "use binarize='dynamic'"
+    assert cli_message(error) == "use --binarize dynamic"
+    unknown = ("no_such_module", "Gone", "use resume=True", "use --resume")       # a type the launcher cannot rebuild
+    error = launch._worker_error([("error", 0, unknown)], RuntimeError("process 0 exited"))
+    assert isinstance(error, RuntimeError) and str(error).endswith("use resume=True")
+    assert cli_message(error).endswith("use --resume")
+
+
 def test_param_store_parameters_are_refused_before_any_process_group(tmp_path, small_digits):
     pyro.clear_param_store()
     module = ParamStoreAutoencoder(small_digits.data_dim)

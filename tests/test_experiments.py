@@ -242,3 +242,17 @@ def test_a_staged_run_times_its_next_segment_on_the_machine_as_it_is_now(tmp_pat
     assert seconds_per_epoch(tmp_path, since=5) == 100.0            # 2 epochs of this invocation: too few
     log.write_text(log.read_text() + json.dumps({"epoch": 8, "seconds": 9.0}) + "\n")
     assert seconds_per_epoch(tmp_path, since=5) == 8.0
+
+
+def test_a_staged_run_reads_its_epochs_from_the_checkpoint_where_the_log_is_missing(tmp_path):
+    """A checkout whose run folder has a checkpoint but no metrics.jsonl times its segments on the checkpoint's
+    history, and an interrupted segment's epochs (past the record's milestone) count as an earlier invocation's."""
+    import torch
+
+    from experiments.staged import last_epoch, seconds_per_epoch
+    assert last_epoch(tmp_path) == 0
+    history = [{"epoch": e, "seconds": 50.0 if e <= 13 else 4.0} for e in range(1, 18)]   # stopped at 17 of 40
+    torch.save({"format": "pyro_vae.checkpoint.v1", "model_state": {}, "history": history}, tmp_path / "checkpoint.pt")
+    assert last_epoch(tmp_path) == 17
+    assert seconds_per_epoch(tmp_path, since=last_epoch(tmp_path)) == 50.0     # none of this invocation's yet
+    assert seconds_per_epoch(tmp_path, since=13) == 4.0
