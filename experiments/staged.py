@@ -24,7 +24,7 @@ from typing import Dict, List, Optional
 
 import torch
 
-from pyro_vae.checkpoint import CHECKPOINT, load_checkpoint
+from pyro_vae.checkpoint import CHECKPOINT, METRICS, load_checkpoint
 from pyro_vae.data import evaluation_indices
 from pyro_vae.evaluation import evaluate
 from pyro_vae.factory import config_dataset, load_vae
@@ -57,7 +57,7 @@ def load_state(config, settings: Dict) -> Dict:
 def epoch_history(out: Path) -> List[Dict]:
     """The run's per-epoch rows (``epoch``, ``seconds``, ...): ``metrics.jsonl``, or the checkpoint's history
     where the log is missing (a checkout from before the log was committed); none before the first epoch."""
-    path = out / "metrics.jsonl"
+    path = out / METRICS
     if path.exists():
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if (out / CHECKPOINT).exists():
