@@ -15,6 +15,7 @@ rank to save and return after the same step; a second one terminates them.  Each
 see ``benchmarks/scaling.py``).
 """
 import dataclasses
+import gc
 import importlib
 import logging
 import os
@@ -22,6 +23,7 @@ import pickle
 import signal
 import socket
 import threading
+import warnings
 from pathlib import Path
 from typing import Callable, List, Optional, Tuple, Union
 
@@ -184,6 +186,7 @@ def launch(config, resume: bool = False, progress: Union[bool, str] = True, data
     messages = []
     while not results.empty():
         messages.append(results.get())
+    failure = _teardown_failure(messages, failure, world)
     if failure is not None:
         if interrupts and not any(m[0] == "error" for m in messages):   # a process stopped by the Ctrl-Cs
             raise KeyboardInterrupt from failure
@@ -251,6 +254,19 @@ def _worker_error(messages: List[tuple], failure: Exception) -> Exception:
     return usage_error(RuntimeError, where + message, where + cli) if cli else RuntimeError(where + message)
 
 
+def _teardown_failure(messages: List[tuple], failure: Optional[Exception], world: int) -> Optional[Exception]:
+    """``failure``, unless every process had reported its work finished (past the last barrier, so the run
+    folder is complete) before one died: then a warning, not an error.  A gloo process can abort while it
+    exits ("terminate called without an active exception": its C++ threads torn down with the interpreter),
+    which must not turn a finished run into a failed one."""
+    finished_ranks = {m[1] for m in messages if m[0] == "finished"}
+    if failure is None or len(finished_ranks) < world or any(m[0] == "error" for m in messages):
+        return failure
+    warnings.warn(f"a training process died while exiting, after every process had finished its work ({failure}); "
+                  f"the run's outputs are complete")
+    return None
+
+
 def _on_worker_sigint(parent_pid: int):
     """Ctrl-C in a terminal (or a scheduler's SIGTERM to the job's processes) reaches every process; the launcher
     relays it as a stop request, so a worker ignores it, unless its parent is gone (torch's spawn sends SIGINT to
@@ -282,11 +298,15 @@ def _train_worker(rank: int, world: int, port: int, parent_pid: int, config, res
                      on_step=on_step if rank == 0 else None, figures=figures)
         if rank == 0:
             results.put(("done", rank, result.stop_reason))
+        del result
+        dist.barrier()   # every rank's work (and rank 0's writing) is over: none closes its sockets mid-collective
+        results.put(("finished", rank, None))
     except KeyboardInterrupt:
         raise
     except BaseException as e:
         results.put(("error", rank, _describe(e)))
         raise
     finally:
+        gc.collect()   # DistributedDataParallel's reducer holds the group: let it go while Python is whole
         if dist.is_initialized():
             dist.destroy_process_group()

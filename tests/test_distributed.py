@@ -242,6 +242,19 @@ def test_a_worker_error_keeps_its_command_line_wording():
     assert cli_message(error).endswith("use --resume")
 
 
+def test_a_process_dying_after_every_process_finished_is_a_warning_not_a_failure():
+    """A gloo process can abort while its interpreter exits; once every rank has passed the last barrier the run
+    folder is complete, so the launcher warns.  Before that, or with an error reported, the failure stands."""
+    died = RuntimeError("process 1 terminated with signal SIGABRT")
+    finished = [("done", 0, "completed"), ("finished", 0, None), ("finished", 1, None)]
+    with pytest.warns(UserWarning, match="died while exiting.*outputs are complete"):
+        assert launch._teardown_failure(finished, died, world=2) is None
+    assert launch._teardown_failure(finished[:2], died, world=2) is died            # rank 1 had not finished
+    error = ("error", 1, ("builtins", "ValueError", "bad", None))
+    assert launch._teardown_failure(finished + [error], died, world=2) is died
+    assert launch._teardown_failure(finished, None, world=2) is None
+
+
 def test_param_store_parameters_are_refused_before_any_process_group(tmp_path, small_digits):
     pyro.clear_param_store()
     module = ParamStoreAutoencoder(small_digits.data_dim)
