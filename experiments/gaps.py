@@ -27,6 +27,7 @@ from pyro_vae.data import evaluation_indices
 from pyro_vae.factory import config_dataset, load_vae
 from pyro_vae.gaps import ROWS
 from pyro_vae.launch import train
+from pyro_vae.signals import say
 
 from .common import (data_settings, format_mean_se, kept_record, machine, mean_se,
                      run_settings,
@@ -65,17 +66,21 @@ def run_one(name: str, seed: int, budget: Dict, out: Path, revision: str, data_d
     if kept is not None:
         return kept
     if not (out / SUMMARY).exists():
+        say(f"{name}, seed {seed}: training {config.epochs} epochs")
         train(config, resume=(out / CHECKPOINT).exists(), progress=False, figures=False)
     vae, config = load_vae(out)
     data = config_dataset(config, download=config.download)
     x = data.test[evaluation_indices(len(data.test), budget["eval_points"])]
     torch.manual_seed(seed)
+    say(f"{name}, seed {seed}: ELBO, q*, IWAE_{budget['num_samples']} and AIS on {len(x)} test points, "
+        f"then BDMC on {budget['bdmc_points']} simulated points")
     gaps = inference_gaps(vae.model, vae.guide, x, num_samples=budget["num_samples"],
                           elbo_samples=budget["elbo_samples"], ais_steps=budget["ais_steps"],
                           num_chains=budget["num_chains"], leapfrog_steps=budget["leapfrog_steps"],
-                          optimal_steps=budget["optimal_steps"])
+                          optimal_steps=budget["optimal_steps"], progress=True)
     sandwich = bdmc(vae.model, vae.guide, budget["bdmc_points"], like=x[:1], num_steps=[budget["ais_steps"]],
-                    num_chains=budget["num_chains"], leapfrog_steps=budget["leapfrog_steps"], num_samples=0)
+                    num_chains=budget["num_chains"], leapfrog_steps=budget["leapfrog_steps"], num_samples=0,
+                    progress=True)
     bounds = sandwich.bounds[-1]
     record = {"name": name, "seed": seed, "revision": revision, "machine": machine(), "settings": settings, "config": config.to_dict(),
               "eval_points": x.shape[0], **gaps.means, "stderrs": gaps.stderrs, "mc_stderrs": gaps.mc_stderrs,
