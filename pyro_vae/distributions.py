@@ -147,3 +147,51 @@ class BernoulliVector(dist.TorchDistribution):
     def log_prob(self, value: torch.Tensor) -> torch.Tensor:
         logits, value = torch.broadcast_tensors(self.logits, value)
         return -F.binary_cross_entropy_with_logits(logits, value, reduction="none").sum(-1)
+
+
+class DiagonalNormalMixture(dist.MixtureSameFamily):
+    """``p(z) = sum_c pi_c N(z; loc_c, diag(scale_c^2))``, the mixture and VampPrior priors' density.
+
+    ``logits: [C]``, ``loc, scale: [C, Z]``; batch_shape ``()`` (plates broadcast it with ``expand``),
+    event_shape ``(Z,)``.  Sampling, ``mean`` and ``variance`` are :class:`MixtureSameFamily`'s.
+
+    ``log_prob`` is the same density computed as one matrix product: with ``a = scale^-2``,
+
+        log pi_c + log N(z; loc_c, scale_c) = [z^2, z, 1] @ [-a_c / 2, loc_c a_c, b_c],
+        b_c = log pi_c - sum_d (log scale_cd + loc_cd^2 a_cd / 2) - Z log(2 pi) / 2,
+
+    a ``[..., 2Z+1] x [2Z+1, C]`` product then a logsumexp over C, instead of the ``[..., C, Z]``
+    tensor that ``MixtureSameFamily`` broadcasts (K=500, Z=40, a 50-sample 1000-point evaluation
+    chunk on 2 cores: 0.37 s instead of 32 s).  The expansion cancels: at ``scale ~ 0.01`` and
+    ``|z| ~ 3`` its terms are ~10^6, and in float32 it is off by 0.6 nats.  So it is computed in
+    float64 and returned in the value's dtype: tested equal to ``MixtureSameFamily`` to 1e-10 in
+    float64 (values and gradients) and as close as ``MixtureSameFamily`` itself in float32 (1e-4).
+    """
+
+    def __init__(self, logits: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor, validate_args=None):
+        if loc.dim() != 2 or loc.shape != scale.shape or logits.shape != loc.shape[:1]:
+            raise ValueError(f"need logits [C], loc and scale [C, Z]; got {tuple(logits.shape)}, "
+                             f"{tuple(loc.shape)}, {tuple(scale.shape)}")
+        super().__init__(dist.Categorical(logits=logits), DiagonalNormal(loc, scale, validate_args=False),
+                         validate_args=validate_args)
+        self._params = (logits, loc, scale)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(DiagonalNormalMixture, _instance)
+        super().expand(batch_shape, _instance=new)
+        new._params = self._params
+        return new
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        if self._validate_args:
+            self._validate_sample(value)
+        logits, loc, scale = (t.double() for t in self._params)
+        precision = scale.pow(-2)                                                            # [C, Z]
+        log_norm = logits.log_softmax(-1) - scale.log().sum(-1) - loc.shape[-1] * _HALF_LOG_2PI  # [C]
+        # one product [..., 2Z+1] x [2Z+1, C] gives log pi_c + log N(z; loc_c, scale_c) for every c
+        weights = torch.cat([-0.5 * precision, loc * precision,
+                             (log_norm - 0.5 * (loc.pow(2) * precision).sum(-1)).unsqueeze(-1)], -1)
+        z = value.double()                                                                   # [..., Z]
+        features = torch.cat([z.pow(2), z, torch.ones_like(z[..., :1])], -1)                # [..., 2Z+1]
+        lp = torch.logsumexp(features @ weights.T, -1).to(value.dtype)                      # [...]
+        return lp.expand(torch.broadcast_shapes(lp.shape, self.batch_shape))

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import pyro.distributions as dist
 
-from .distributions import DiagonalNormal, StandardNormal
+from .distributions import DiagonalNormalMixture, StandardNormal
 from .specs import Recorded
 
 PRIORS = ("standard", "mog", "vamp")
@@ -101,8 +101,7 @@ class MixtureOfGaussiansPrior(Prior):
         return torch.softmax(self.logits, -1)
 
     def forward(self):
-        components = DiagonalNormal(self.means, self.scales, validate_args=False)              # batch [C]
-        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits), components, validate_args=False)
+        return DiagonalNormalMixture(self.logits, self.means, self.scales, validate_args=False)
 
 
 class VampPrior(Prior):
@@ -152,8 +151,7 @@ class VampPrior(Prior):
     def forward(self):
         loc, scale = self._encoder(self.inputs())                                               # [K, Z] each
         weights = torch.zeros(loc.shape[0], dtype=loc.dtype, device=loc.device)               # uniform
-        return dist.MixtureSameFamily(dist.Categorical(logits=weights),
-                                      DiagonalNormal(loc, scale, validate_args=False), validate_args=False)
+        return DiagonalNormalMixture(weights, loc, scale, validate_args=False)
 
 
 def build_prior(name: str, latent_dim: int, num_components: int = 10, encoder: Optional[nn.Module] = None,
