@@ -18,7 +18,7 @@ from typing import Dict, List, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .compiled import CompiledFunction
+from .compiled import EVAL_MODES, CompiledFunction
 from .contract import checked_once, modules_of, slice_data
 from .importance import log_weights, program_structure
 from .signals import bar_settings
@@ -97,7 +97,9 @@ def importance_sample(model, guide, x, *args, num_samples, particle_chunk, batch
                        progress, passed, desc="log p(x)", compile="auto", **kwargs) -> List[RunningEstimates]:
     """Running estimates per batch of ``x``; ``passed``: ``{"num_data": N}`` where the programs take it.  The
     log weights of each (batch, chunk) shape are recorded once and replayed (:mod:`pyro_vae.compiled`) where a
-    shape repeats, unless ``compile="off"``."""
+    shape repeats, unless ``compile="off"`` (``"fused"``: also compiled by inductor, :mod:`pyro_vae.compiled`)."""
+    if compile not in EVAL_MODES:
+        raise ValueError(f"compile must be one of {EVAL_MODES}, got {compile!r}")
     if num_samples < 1 or particle_chunk < 1 or batch_size < 1:
         raise ValueError(f"num_samples, particle_chunk and batch_size must be >= 1, got "
                          f"{num_samples}, {particle_chunk}, {batch_size}")
@@ -121,7 +123,7 @@ def importance_sample(model, guide, x, *args, num_samples, particle_chunk, batch
             if hasattr(module, "check_input"):
                 module.check_input(x)
         # recording costs about one chunk's time: worth it where a (batch, chunk) shape repeats
-        if compile == "on" or (compile == "auto" and len(batches) * len(chunks) > 4):
+        if compile == "on" or (compile in ("auto", "fused") and len(batches) * len(chunks) > 4):
             weights = CompiledFunction(weights, compile, note, "the log weights")
         for start in batches:
             xb = x[start:start + batch_size]                                        # [B, D]

@@ -2,6 +2,7 @@
 objective; training with it is training without it; what cannot be recorded runs eagerly, saying why, or is an
 error with compile="on"; one recording per input shape."""
 import json
+import shutil
 from pathlib import Path
 
 import pyro
@@ -292,3 +293,63 @@ def test_the_cuda_graph_path_keeps_every_number_on_a_stand_in_graph(digits, monk
             _, state = train_params(vae, digits, tiny(tmp_path / mode, compile=mode, clip_norm=1.0))
             results[mode] = torch.cat([v.flatten() for v in state.values()])
     assert torch.equal(results["off"], results["on"])
+
+
+needs_cxx = pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")),
+                               reason="compile='fused' needs a C++ compiler (inductor's CPU kernels)")
+
+
+def _fused_and_eager(digits, capsys):
+    from pyro_vae.evaluation import evaluate
+    torch.manual_seed(0)
+    vae = build_vae(digits.data_dim, latent_dim=2, hidden=(32,)).double()
+    x = digits.test[:60].double()                       # 3 batches x 2 chunks of one shape: recorded, then replayed
+    results = {}
+    for mode in ("off", "fused"):
+        torch.manual_seed(1)
+        results[mode] = evaluate(vae.model, vae.guide, x, num_samples=60, particle_chunk=30, batch_size=20,
+                                 compile=mode, progress=True)
+    return results, capsys.readouterr()
+
+
+@needs_cxx
+def test_log_likelihood_fused_is_log_likelihood_eager_to_float_rounding(digits, capsys):
+    """compile='fused' (inductor's kernels on the recording) draws the eager samples and gives the eager estimates
+    to within float64 rounding: not bit for bit, but nowhere near a Monte-Carlo difference."""
+    results, printed = _fused_and_eager(digits, capsys)
+    assert "fused kernels" in printed.out + printed.err
+    off, fused = results["off"].log_likelihood, results["fused"].log_likelihood
+    assert off.shape == fused.shape == (60,)
+    torch.testing.assert_close(fused, off, rtol=1e-12, atol=0)
+    assert results["off"].iwae_curve.keys() == results["fused"].iwae_curve.keys()
+
+
+def test_fused_falls_back_to_the_plain_recording_where_inductor_fails(digits, capsys, monkeypatch):
+    """No C++ compiler (or any inductor failure): one note, and the plain recording's numbers, bit for bit."""
+    def broken(*args, **kwargs):
+        raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
+    monkeypatch.setattr(torch, "compile", broken)
+    results, printed = _fused_and_eager(digits, capsys)
+    text = printed.out + printed.err
+    assert "no fused kernels for the log weights (RuntimeError: InvalidCxxCompiler" in text
+    assert "replaying the plain recording" in text and "bit for bit" in text
+    assert torch.equal(results["off"].log_likelihood, results["fused"].log_likelihood)
+
+
+def test_an_unknown_evaluation_compile_mode_is_refused(digits):
+    from pyro_vae.evaluation import log_likelihood
+    vae = build_vae(digits.data_dim, latent_dim=2, hidden=(8,))
+    with pytest.raises(ValueError, match="compile must be one of .*'fused'.*got 'inductor'"):
+        log_likelihood(vae.model, vae.guide, digits.test[:4], num_samples=4, compile="inductor")
+
+
+@needs_cxx
+def test_a_fused_recording_off_the_eager_numbers_is_replaced_by_the_plain_one(digits, capsys, monkeypatch):
+    """With no tolerance at all, the fused kernels' float64 rounding fails the first replay's check: the plain
+    recording takes over (checked in turn), and the estimates are the eager ones to the bit."""
+    import pyro_vae.compiled
+    monkeypatch.setattr(pyro_vae.compiled, "FUSED_ULPS", 0)
+    results, printed = _fused_and_eager(digits, capsys)
+    text = printed.out + printed.err
+    assert "differ from the eager computation (relative error" in text and "replaying the plain recording" in text
+    assert torch.equal(results["off"].log_likelihood, results["fused"].log_likelihood)
