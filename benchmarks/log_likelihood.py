@@ -19,8 +19,9 @@ Each implementation runs in its own child process, alternately, ``--repeats`` ti
 its peak memory is the peak resident set size sampled every 2 ms above the child's baseline after
 imports, model and the test points.  Peak memory is bounded by ``particle_chunk x batch_size`` and does
 not grow with S or the number of points, so ``--num-points 200`` measures it in a minute.
-Every contender first warms up on one batch with five chunks, so recording and compiling (printed as warm-up
-seconds) are not in the timed run.
+Every contender first warms up on one batch with five chunks (printed as warm-up seconds), which fills
+inductor's on-disk cache; each ``log_likelihood`` call records its shapes afresh, so the timed run holds one
+recording and its check (and for fused, inductor's compile from its cache: about a second).
 Targets (issue 12): compiled within 1.05x of plain PyTorch and within 1.6x of the decoder's matmul bound.
 
     python benchmarks/log_likelihood.py [--num-points 1000] [--num-samples 5000] [--repeats 1]

@@ -232,7 +232,7 @@ def log_likelihood(model: Callable, guide: Callable, x: torch.Tensor, *args, num
     The estimate is a stochastic lower bound (IWAE_S) that converges to log p(x) as S grows.  ``compile``:
     record the log weights of each (batch, chunk) shape once and replay them (``"auto"``; the same numbers,
     checked) or not (``"off"``); ``"on"`` makes a program that cannot be recorded an error; ``"fused"`` also
-    compiles each recording with inductor (CPU: fused C++ kernels, ~40 % faster for an MLP decoder, equal to
+    compiles each recording with inductor (CPU: fused C++ kernels, 30-40 % less time for an MLP decoder, equal to
     float rounding, not bit for bit; needs a C++ compiler and tens of seconds per shape; :mod:`pyro_vae.compiled`).
 
     A model with global latents (sites outside the plate) is refused for S > 1 unless ``globals="condition"``:

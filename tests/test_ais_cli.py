@@ -56,3 +56,8 @@ def test_bdmc_command_writes_bounds_per_step_count_and_the_figure(run, tmp_path,
 def test_ais_with_globals_is_a_one_line_error(run, capsys):
     assert main(["evaluate", str(run), "--method", "ais", "--globals", "condition", *SMALL_AIS]) == 1
     assert "--globals is for --method is" in capsys.readouterr().err
+
+
+def test_compile_with_ais_is_a_one_line_error(run, capsys):
+    assert main(["evaluate", str(run), "--method", "ais", "--compile", "fused", *SMALL_AIS]) == 1
+    assert "--compile is for importance sampling" in capsys.readouterr().err

@@ -317,7 +317,8 @@ def test_log_likelihood_fused_is_log_likelihood_eager_to_float_rounding(digits, 
     """compile='fused' (inductor's kernels on the recording) draws the eager samples and gives the eager estimates
     to within float64 rounding: not bit for bit, but nowhere near a Monte-Carlo difference."""
     results, printed = _fused_and_eager(digits, capsys)
-    assert "fused kernels" in printed.out + printed.err
+    text = printed.out + printed.err
+    assert "(fused kernels, relative error" in text and "no fused kernels" not in text and "plain" not in text
     off, fused = results["off"].log_likelihood, results["fused"].log_likelihood
     assert off.shape == fused.shape == (60,)
     torch.testing.assert_close(fused, off, rtol=1e-12, atol=0)
@@ -325,9 +326,13 @@ def test_log_likelihood_fused_is_log_likelihood_eager_to_float_rounding(digits, 
 
 
 def test_fused_falls_back_to_the_plain_recording_where_inductor_fails(digits, capsys, monkeypatch):
-    """No C++ compiler (or any inductor failure): one note, and the plain recording's numbers, bit for bit."""
+    """No C++ compiler (inductor fails in its first call, after drawing): one note, and the plain recording's
+    numbers, bit for bit (the failed call's draws undone)."""
     def broken(*args, **kwargs):
-        raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
+        def fails(*inputs):
+            torch.randn(7)
+            raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found")
+        return fails
     monkeypatch.setattr(torch, "compile", broken)
     results, printed = _fused_and_eager(digits, capsys)
     text = printed.out + printed.err
@@ -353,3 +358,30 @@ def test_a_fused_recording_off_the_eager_numbers_is_replaced_by_the_plain_one(di
     text = printed.out + printed.err
     assert "differ from the eager computation (relative error" in text and "replaying the plain recording" in text
     assert torch.equal(results["off"].log_likelihood, results["fused"].log_likelihood)
+
+
+@pytest.mark.parametrize("where", ["check", "later"])
+def test_fused_kernels_that_fail_in_a_replay_hand_over_to_the_plain_recording(digits, capsys, monkeypatch, where):
+    """A fused replay that raises (after drawing) at its first check or any later call: that call is computed
+    eagerly from the random state before it, the plain recording takes over, and every number is the eager one."""
+    calls = {"n": 0}
+
+    def flaky(graph, **kwargs):
+        def run(*inputs):
+            calls["n"] += 1
+            if calls["n"] == (2 if where == "check" else 4):      # 1: _fuse's compiling call, 2: the check
+                torch.randn(11)
+                raise RuntimeError("a kernel failed")
+            return graph(*inputs)
+        return run
+    monkeypatch.setattr(torch, "compile", flaky)
+    results, printed = _fused_and_eager(digits, capsys)
+    text = printed.out + printed.err
+    assert "compile: the fused kernels of the log weights for x [20, 64] failed (RuntimeError: a kernel failed)" in text
+    assert torch.equal(results["off"].log_likelihood, results["fused"].log_likelihood)
+
+
+def test_a_training_step_is_not_fused(digits):
+    vae = build_vae(digits.data_dim, latent_dim=2, hidden=(8,))
+    with pytest.raises(ValueError, match="compile must be one of \\('auto', 'on', 'off'\\), got 'fused'"):
+        CompiledStep(vae, build_objective("elbo"), list(vae.parameters()), 100, mode="fused")
