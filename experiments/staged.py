@@ -175,7 +175,8 @@ def run(budget_name: str, budget: Dict, runs, out_dir: Path, command: str, revis
                    f"what each run has reached so far. Test log p(x): importance sampling, S = {budget['num_samples']}"
                    f", on all 10,000 test points, ± its standard error over points; gap = log p(x) on "
                    f"{budget['gap_points']} random training points minus test. VampPrior: K = "
-                   f"{budget['vamp_components']} pseudo-inputs on the same network. `curves.png`: log p(x) on "
+                   f"{budget['vamp_components']} pseudo-inputs {budget.get('vamp_network', 'on the same network')}. "
+                   f"`curves.png`: log p(x) on "
                    f"{budget['curve_points']} strided test points against epochs, published values as lines."
                    f"\n\nSources:\n{sources}")
     write_table(out_dir, f"Binarized MNIST study ({budget_name} budget)", command, description,
