@@ -23,12 +23,13 @@ keep their estimators.
 
 ``mode="fused"`` (the evaluators': :func:`pyro_vae.evaluation.log_likelihood` and friends) hands each CPU recording
 to inductor (``torch.compile``), which writes C++ kernels that fuse what follows each matrix product (the bias, the
-Bernoulli log-sigmoid, the pixel sum) into one vectorized pass: the log weights of an MLP decoder cost 30-40 % less
-(``benchmarks/log_likelihood.py``: 0.68x plain PyTorch at 784-400-20; the priors-mnist study's evaluations at
-784-300-300-40: 11 minutes instead of 18).  The random draws stay ATen's (inductor's ``fallback_random``), so they
-are the eager ones; the values are not bit for bit, only to within float rounding (the first replay's check allows
-128 ulps relative, ~1e-5 in float32, never more than 1e-4).  It needs a C++ compiler and tens of seconds per shape; where inductor fails,
-the plain recording is replayed, with a note.  On CUDA the plain recording's CUDA graph is used instead.
+Bernoulli log-sigmoid, the pixel sum) into one vectorized pass, its ``log1p`` taken through ``log``
+(:func:`_log1p`: inductor's own is a scalar loop): the log weights of an MLP decoder cost about half
+(``benchmarks/log_likelihood.py``: 0.49x plain PyTorch at 784-400-20, 1.66x the decoder's matrix products
+alone).  The random draws stay ATen's (inductor's ``fallback_random``), so they are the eager ones; the values
+are not bit for bit, only to within float rounding (the first replay's check allows 128 ulps relative, ~1e-5 in
+float32, never more than 1e-4).  It needs a C++ compiler and tens of seconds per shape; where inductor fails, the
+plain recording is replayed, with a note.  On CUDA the plain recording's CUDA graph is used instead.
 
 Caveat, as for every trace-based compiler: Python-side state a program reads (a counter, Python's ``random``)
 is frozen into the recording; programs on the contract of :mod:`pyro_vae.contract` read none.
@@ -84,6 +85,30 @@ def _quiet(logger: str):
         yield
     finally:
         log.setLevel(level)
+
+
+def _log1p(u: torch.Tensor) -> torch.Tensor:
+    """``log1p(u)`` through ``log``, vectorized by inductor (its CPU ``log1p`` is a scalar loop, 7x slower: it was
+    most of a fused Bernoulli log-likelihood).  Goldberg's form ``log(1 + u) * u / ((1 + u) - 1)`` cancels the
+    rounding of ``1 + u``: within 2 ulps of ``log1p`` (measured 1.5e-7 relative in float32 over [-1, 3e38]); exact
+    at ``u = 0``, ``-1`` and ``inf``."""
+    w = 1 + u
+    return torch.where(w == 1, u, torch.where(torch.isinf(w), w, torch.log(w) * (u / (w - 1))))
+
+
+def _inductor_with_vector_log1p():
+    """Inductor (draws ATen's: ``fallback_random``) with :func:`_log1p` for ``aten.log1p``, which its own
+    decompositions of the log-sigmoid, softplus and binary cross-entropy produce."""
+    from torch._inductor import config
+    from torch._inductor.compile_fx import compile_fx
+    from torch._inductor.decomposition import select_decomp_table
+
+    decompositions = {**select_decomp_table(), torch.ops.aten.log1p.default: _log1p}
+
+    def backend(graph, example_inputs):
+        with config.patch(fallback_random=True):
+            return compile_fx(graph, example_inputs, decompositions=decompositions)
+    return backend
 
 
 def _first_line(error: BaseException) -> str:
@@ -292,8 +317,7 @@ class Recorder:
         here (a first call, its draws undone), so that a failure (no C++ compiler) costs nothing but a note."""
         start = time.perf_counter()
         try:
-            fused = torch.compile(recorded, backend="inductor", dynamic=False, fullgraph=True,
-                                  options={"fallback_random": True})
+            fused = torch.compile(recorded, backend=_inductor_with_vector_log1p(), dynamic=False, fullgraph=True)
             with torch.random.fork_rng(devices=[]), torch.no_grad(), _quiet("torch.utils.cpp_extension"):
                 fused(*args)
             recording.graph, recording.plain = fused, recording.graph

@@ -325,6 +325,40 @@ def test_log_likelihood_fused_is_log_likelihood_eager_to_float_rounding(digits, 
     assert results["off"].iwae_curve.keys() == results["fused"].iwae_curve.keys()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_fused_log1p_is_log1p_to_two_ulps(dtype):
+    """The fused kernels' log1p (through log, which inductor vectorizes) against torch.log1p, computed in float64
+    (from float64 inputs: in float128 terms, the float64 reference is itself within an ulp): tiny, negative,
+    large arguments and the special values."""
+    from pyro_vae.compiled import _log1p
+    u = torch.logspace(-40, 38, 4000, dtype=torch.float64)
+    u = torch.cat([u, -u[u < 1], torch.tensor([0.0, -1.0, -0.5, 1e-30])]).to(dtype)
+    reference = torch.log1p(u.double())
+    finite = (reference != 0) & reference.isfinite()        # -inf where float32 rounds -(1 - 1e-9) to -1
+    error = ((_log1p(u).double() - reference).abs() / reference.abs().clamp_min(1e-300))[finite]
+    assert torch.equal(_log1p(u)[~finite], torch.log1p(u)[~finite])
+    assert error.max() <= 2 * torch.finfo(dtype).eps
+    special = _log1p(torch.tensor([0.0, -1.0, float("inf"), float("nan")], dtype=dtype))
+    assert special[0] == 0 and special[1] == -float("inf") and special[2] == float("inf") and special[3].isnan()
+
+
+@needs_cxx
+def test_the_fused_backend_computes_a_log_sigmoid_without_log1p():
+    """Inductor's log-sigmoid decomposes into log1p(exp(-|l|)); the fused backend routes the log1p through
+    _log1p: the same values (float32 rounding of a 64-term sum), and no log1p left in the generated kernels."""
+    from torch._inductor.utils import run_and_get_code
+    from pyro_vae.compiled import _inductor_with_vector_log1p
+    def f(logits):
+        return torch.nn.functional.logsigmoid(logits).sum(-1)
+    logits = torch.randn(8, 64) * 20
+    fused = torch.compile(f, backend=_inductor_with_vector_log1p(), fullgraph=True, dynamic=False)
+    torch._dynamo.reset()
+    value, code = run_and_get_code(fused, logits)
+    torch.testing.assert_close(value, f(logits), rtol=1e-6, atol=1e-5)
+    source = "\n".join(code)
+    assert "log1p" not in source and ".log()" in source
+
+
 def test_fused_falls_back_to_the_plain_recording_where_inductor_fails(digits, capsys, monkeypatch):
     """No C++ compiler (inductor fails in its first call, after drawing): one note, and the plain recording's
     numbers, bit for bit (the failed call's draws undone)."""
