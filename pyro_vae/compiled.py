@@ -96,14 +96,15 @@ def _log1p(u: torch.Tensor) -> torch.Tensor:
     return torch.where(w == 1, u, torch.where(torch.isinf(w), w, torch.log(w) * (u / (w - 1))))
 
 
+@functools.lru_cache(maxsize=None)
 def _inductor_with_vector_log1p():
     """Inductor (draws ATen's: ``fallback_random``) with :func:`_log1p` for ``aten.log1p``, which its own
-    decompositions of the log-sigmoid, softplus and binary cross-entropy produce."""
+    decompositions of the log-sigmoid, softplus and binary cross-entropy produce; built once, on the first fused
+    recording (importing inductor is not free)."""
     from torch._inductor import config
     from torch._inductor.compile_fx import compile_fx
-    from torch._inductor.decomposition import select_decomp_table
-
     from torch._inductor.custom_graph_pass import CustomGraphPass
+    from torch._inductor.decomposition import select_decomp_table
 
     class CacheKey(CustomGraphPass):
         """A no-op pass whose uuid enters inductor's cache keys, which leave the decompositions out: without it a
