@@ -32,6 +32,12 @@ class StudyError(Exception):
 # How the studies evaluate: the log weights recorded and compiled by inductor (pyro_vae.compiled), ~40 % faster on
 # the CPU than the plain replay and equal to it to float rounding (1e-7 relative), so not part of a record's key.
 EVAL_COMPILE = "fused"
+# Data points per evaluation chunk (times 500 samples a chunk): the library's default.  Chunks of 20 points
+# (10,000 rows, whose decoder output fits the L3 cache) take about a third less time on the 2-core VM
+# (benchmarks/RESULTS.md); a budget that asks for them (``eval_batch_size``) keys its records by it.
+EVAL_BATCH_SIZE = 100
+# Settings a record's key holds only when they differ from these defaults.
+SETTING_DEFAULTS = {"eval_batch_size": EVAL_BATCH_SIZE}
 
 NOT_IN_KEY = ("out", "data_dir", "download", "compile", "tensorboard", "tensorboard_images_every")
 
@@ -46,6 +52,7 @@ def run_settings(config: TrainConfig, **evaluation) -> Dict:
 def differences(saved: Dict, wanted: Dict) -> List[str]:
     """``key: saved -> wanted`` for every setting the saved record holds that differs from the wanted one
     (a record written before records carried settings is compared on what it holds)."""
+    saved = {**SETTING_DEFAULTS, **saved}              # a setting left out of a key because it had its default
     out = [f"{k}: {saved[k]!r} -> {wanted[k]!r}" for k in wanted if k != "config" and k in saved
            and saved[k] != wanted[k]]
     old, new = saved.get("config", {}), wanted["config"]
@@ -83,17 +90,21 @@ def random_indices(n_rows: int, count: int, seed: int) -> torch.Tensor:
 
 def run_one(name: str, seed: int, config: TrainConfig, num_samples: int, out: Path,
             eval_points: Optional[int] = None, train_gap: Optional[str] = None, revision: Optional[str] = None,
-            budget: Optional[str] = None, gap_points: Optional[int] = None) -> Dict:
+            budget: Optional[str] = None, gap_points: Optional[int] = None,
+            eval_batch_size: Optional[int] = None) -> Dict:
     """Train ``config`` into ``out`` (resuming a stopped run, skipping a finished one) and score its best
     model (:func:`score`).  ``revision`` (the code's git revision) is stored in the record, so a table rebuilt
     later from kept runs still says which code made its numbers.
 
     The record is keyed by its settings (:func:`run_settings`: ``budget``, seed, every config field, S and
     the points): a kept record made with these is returned as it is (and the run said to be served from
-    records); one made with other settings is an error, never silently reused."""
+    records); one made with other settings is an error, never silently reused.  ``eval_batch_size``: data
+    points per chunk of the evaluation (default :data:`EVAL_BATCH_SIZE`); another chunking draws other samples,
+    so a non-default one enters the key."""
     record_path = out / "record.json"
     settings = run_settings(config, budget=budget, seed=seed, num_samples=num_samples, eval_points=eval_points,
                             train_gap=train_gap, **({"gap_points": gap_points} if gap_points else {}),
+                            **({"eval_batch_size": eval_batch_size} if eval_batch_size else {}),
                             **({"subsets": "strided"} if eval_points else {}))
     record = kept_record(record_path, settings)
     if record is not None:
@@ -105,19 +116,22 @@ def run_one(name: str, seed: int, config: TrainConfig, num_samples: int, out: Pa
     record = {"name": name, "seed": seed, "revision": revision, "machine": machine(), "settings": settings,
               "config": config.to_dict(), "train_summary": json.loads((out / SUMMARY).read_text()),
               "eval_compile": EVAL_COMPILE,
-              **score(vae, config, num_samples, eval_points, train_gap, gap_points)}
+              "eval_batch_size": eval_batch_size or EVAL_BATCH_SIZE,
+              **score(vae, config, num_samples, eval_points, train_gap, gap_points, eval_batch_size)}
     record_path.write_text(json.dumps(record, indent=1) + "\n")
     return record
 
 
 def score(vae, config: TrainConfig, num_samples: int, eval_points: Optional[int] = None,
-          train_gap: Optional[str] = None, gap_points: Optional[int] = None) -> Dict:
+          train_gap: Optional[str] = None, gap_points: Optional[int] = None,
+          eval_batch_size: Optional[int] = None) -> Dict:
     """Test log p(x) of a trained model by importance sampling with S = ``num_samples`` on ``eval_points``
     test points spread evenly over the test set (:func:`evaluation_indices`; all by default), with its
     standard error over points, the ELBO, the IWAE_k curve and the active units; with ``train_gap``, also on
     ``gap_points`` training points (default: as many as test points; the train/test gap, the Burda et al.
     overfitting measure): ``"random"`` draws them at random (seeded by the config's seed,
-    :func:`random_indices`), ``"strided"`` spreads them evenly over the training set."""
+    :func:`random_indices`), ``"strided"`` spreads them evenly over the training set.  ``eval_batch_size``: data
+    points per evaluation chunk (default :data:`EVAL_BATCH_SIZE`)."""
     data = config_dataset(config, download=config.download)
     # training points as the model saw them in its first epoch (dynamic binarization resamples them)
     train_points = data.train_epoch(0, config.seed) if data.binarize == "dynamic" else data.train
@@ -130,7 +144,7 @@ def score(vae, config: TrainConfig, num_samples: int, eval_points: Optional[int]
     for split, x in splits:
         torch.manual_seed(config.seed)
         result = evaluate(vae.model, vae.guide, x, num_samples=num_samples, progress=len(x) * num_samples > 10 ** 6,
-                          compile=EVAL_COMPILE)
+                          batch_size=eval_batch_size or EVAL_BATCH_SIZE, compile=EVAL_COMPILE)
         prefix = "" if split == "test" else "train_"
         record.update({prefix + "log_px": result.mean, prefix + "log_px_se": result.stderr,
                        prefix + "elbo": result.elbo})

@@ -77,6 +77,30 @@ def test_estimator_study_smoke_reports_gap_and_active_units(tmp_path):
     assert (out / "estimators.png").stat().st_size > 1000
 
 
+def test_a_budgets_evaluation_chunking_is_used_and_keys_its_records(tmp_path, monkeypatch, capsys):
+    """Another chunking draws other samples: a budget's ``eval_batch_size`` reaches the evaluator, is stored in
+    each record and keys it, so records made with the default chunking are refused, not served."""
+    import experiments.common as common
+    import experiments.estimators as estimators
+    out = tmp_path / "estimators"
+    smoke = estimators.BUDGETS["smoke"]
+    tiny = dict(smoke, ks=[1], two_layer_args=None)
+    monkeypatch.setitem(estimators.BUDGETS, "smoke", tiny)
+    assert main(["run", "estimators", "--budget", "smoke", "--out", str(out)]) == 0
+    record = json.loads(next(out.glob("runs/*/record.json")).read_text())
+    assert record["eval_batch_size"] == common.EVAL_BATCH_SIZE and "eval_batch_size" not in record["settings"]
+    seen = []
+    evaluate = common.evaluate
+    monkeypatch.setattr(common, "evaluate", lambda *a, **k: seen.append(k["batch_size"]) or evaluate(*a, **k))
+    monkeypatch.setitem(estimators.BUDGETS, "smoke", dict(tiny, eval_batch_size=7))
+    capsys.readouterr()
+    assert main(["run", "estimators", "--budget", "smoke", "--out", str(out)]) == 2
+    assert "eval_batch_size" in capsys.readouterr().err and seen == []
+    assert main(["run", "estimators", "--budget", "smoke", "--out", str(out / "chunked")]) == 0
+    record = json.loads(next((out / "chunked").glob("runs/*/record.json")).read_text())
+    assert record["eval_batch_size"] == record["settings"]["eval_batch_size"] == 7 and seen == [7, 7]
+
+
 def test_binarized_mnist_study_smoke_on_generated_files(tmp_path):
     """Both binarizations end to end on small files in the real formats (.amat and MNIST's IDX), with the
     published numbers beside ours; a missing data folder is a clear error naming the files."""
