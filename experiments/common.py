@@ -113,25 +113,25 @@ def run_one(name: str, seed: int, config: TrainConfig, num_samples: int, out: Pa
         if train(config, resume=(out / CHECKPOINT).exists(), progress=False, figures=False).stop_reason == "interrupted":
             raise KeyboardInterrupt                # Ctrl-C or SIGTERM: the checkpoint is kept, nothing is scored
     vae, config = load_vae(out)
+    chunk = eval_batch_size or EVAL_BATCH_SIZE
     record = {"name": name, "seed": seed, "revision": revision, "machine": machine(), "settings": settings,
               "config": config.to_dict(), "train_summary": json.loads((out / SUMMARY).read_text()),
               "eval_compile": EVAL_COMPILE,
-              "eval_batch_size": eval_batch_size or EVAL_BATCH_SIZE,
-              **score(vae, config, num_samples, eval_points, train_gap, gap_points, eval_batch_size)}
+              "eval_batch_size": chunk, **score(vae, config, num_samples, eval_points, train_gap, gap_points, chunk)}
     record_path.write_text(json.dumps(record, indent=1) + "\n")
     return record
 
 
 def score(vae, config: TrainConfig, num_samples: int, eval_points: Optional[int] = None,
           train_gap: Optional[str] = None, gap_points: Optional[int] = None,
-          eval_batch_size: Optional[int] = None) -> Dict:
+          eval_batch_size: int = EVAL_BATCH_SIZE) -> Dict:
     """Test log p(x) of a trained model by importance sampling with S = ``num_samples`` on ``eval_points``
     test points spread evenly over the test set (:func:`evaluation_indices`; all by default), with its
     standard error over points, the ELBO, the IWAE_k curve and the active units; with ``train_gap``, also on
     ``gap_points`` training points (default: as many as test points; the train/test gap, the Burda et al.
     overfitting measure): ``"random"`` draws them at random (seeded by the config's seed,
     :func:`random_indices`), ``"strided"`` spreads them evenly over the training set.  ``eval_batch_size``: data
-    points per evaluation chunk (default :data:`EVAL_BATCH_SIZE`)."""
+    points per evaluation chunk."""
     data = config_dataset(config, download=config.download)
     # training points as the model saw them in its first epoch (dynamic binarization resamples them)
     train_points = data.train_epoch(0, config.seed) if data.binarize == "dynamic" else data.train
@@ -144,7 +144,7 @@ def score(vae, config: TrainConfig, num_samples: int, eval_points: Optional[int]
     for split, x in splits:
         torch.manual_seed(config.seed)
         result = evaluate(vae.model, vae.guide, x, num_samples=num_samples, progress=len(x) * num_samples > 10 ** 6,
-                          batch_size=eval_batch_size or EVAL_BATCH_SIZE, compile=EVAL_COMPILE)
+                          batch_size=eval_batch_size, compile=EVAL_COMPILE)
         prefix = "" if split == "test" else "train_"
         record.update({prefix + "log_px": result.mean, prefix + "log_px_se": result.stderr,
                        prefix + "elbo": result.elbo})
