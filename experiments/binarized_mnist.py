@@ -19,11 +19,15 @@ Test log p(x) is importance sampling with S = 5000 on the **full** 10,000-point 
 points within a run, over seeds across runs); the train - test gap compares it with as many (``gap_points``)
 training points drawn at random.
 
-Budgets (2 CPU cores; the S = 5000 evaluation of one model on 10,000 points takes ~15 minutes here, so no
-budget that evaluates 21 models on the full test set fits in 30 minutes):
+Budgets (2 CPU cores). The S = 5000 evaluation of one model on 10,000 points takes ~15 minutes here in the
+default chunks of 100 points, ~5 minutes in chunks of 20 (measured on the same network in the estimator study,
+2026-12-07). No budget that scores 21 models on the full test set fits in 30 minutes, however fast the code:
+the decoder's matrix products alone are 50 x 10^6 samples x 0.41 MFLOP = 2.1e13 FLOP per model, 100 s at this
+machine's ~200 GFLOP/s, so 21 models x (10,000 test + 2000 gap points) need at least 40 minutes.
 
 * ``smoke``: seconds, generated files, for the tests;
-* ``small``: 3 seeds x 7 rows, 3 epochs each: ~6 hours, nearly all of it evaluation; resumable run by run;
+* ``small``: 3 seeds x 7 rows, 3 epochs each, evaluated in chunks of 20 points: ~3-4 hours (estimated from
+  the chunk rate; not yet run), nearly all of it evaluation; resumable run by run;
 * ``medium``: 1 seed x 7 rows on the IWAE paper's learning-rate schedule (``--lr-schedule iwae``), trained
   in stages across sessions: ``--hours H`` of training per invocation (:mod:`experiments.staged`), a curve
   point (S = 5000 on 1000 strided test points) at each stage end and every 100 epochs, the full evaluation
@@ -91,7 +95,7 @@ BUDGETS: Dict[str, Dict] = {
                   mnist_valid_size=10, train=dict(NETWORK, hidden=(16,), latent_dim=2, epochs=1),
                   rows=("VAE k=1", "IWAE k=5", "VampPrior VAE k=1")),
     "small": dict(**VAMP, seeds=[0, 1, 2], num_samples=5000, eval_points=None, gap_points=2000, vamp_components=500,
-                  mnist_valid_size=None, train=dict(NETWORK, epochs=3)),
+                  mnist_valid_size=None, eval_batch_size=20, train=dict(NETWORK, epochs=3)),
     "medium": dict(**VAMP, seeds=[0], num_samples=5000, eval_points=None, gap_points=2000, vamp_components=500,
                    mnist_valid_size=None, curve_points=1000, target_epochs=3280,
                    train=dict(NETWORK, lr_schedule="iwae")),
@@ -139,7 +143,8 @@ def run(budget_name: str, out_dir: Path, command: str, revision: str, data_dir: 
     records = []
     for binarization, name, seed, config in runs:
         record = run_one(name, seed, config, budget["num_samples"], Path(config.out), eval_points=budget["eval_points"],
-                         train_gap="random", gap_points=budget["gap_points"], revision=revision, budget=budget_name)
+                         train_gap="random", gap_points=budget["gap_points"], revision=revision, budget=budget_name,
+                         eval_batch_size=budget.get("eval_batch_size"))
         record.update(group=binarization, gap=record["train_log_px"] - record["log_px"])
         records.append(record)
         print(f"{binarization}: {name:<18s} seed {seed}: test log p(x) = {record['log_px']:.2f} ± "
@@ -157,9 +162,11 @@ def run(budget_name: str, out_dir: Path, command: str, revision: str, data_dir: 
     points = "all test points" if budget["eval_points"] is None else f"{budget['eval_points']} strided test points"
     train = budget["train"]
     network = "-".join(str(n) for n in (784, *train["hidden"], train["latent_dim"]))
+    chunks = (f" (in chunks of {budget['eval_batch_size']} points x 500 samples)" if budget.get("eval_batch_size")
+              else "")
     description = (f"Network {network} {train['activation']}, batch {train['batch_size']}, Adam lr {train['lr']}, "
                    f"{epochs} epochs; seeds {budget['seeds']}; "
-                   f"test log p(x) by importance sampling, S = {budget['num_samples']}, on {points}, mean ± standard "
+                   f"test log p(x) by importance sampling, S = {budget['num_samples']}, on {points}{chunks}, mean ± standard "
                    f"error over seeds; gap = log p(x) on {budget['gap_points']} random training points minus test. "
                    f"VampPrior: K = {budget['vamp_components']} pseudo-inputs "
                    f"{budget.get('vamp_network', 'on the same network')}.\n\nSources:\n"

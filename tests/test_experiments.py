@@ -101,6 +101,29 @@ def test_a_budgets_evaluation_chunking_is_used_and_keys_its_records(tmp_path, mo
     assert record["eval_batch_size"] == record["settings"]["eval_batch_size"] == 7 and seen == [7, 7]
 
 
+def test_the_binarized_mnist_budgets_chunking_reaches_each_run(tmp_path, monkeypatch):
+    """The binarized-MNIST ``small`` budget scores in chunks of 20 points, as the estimator study does: a budget's
+    ``eval_batch_size`` is handed to every run (which stores it and keys the record by it), and a budget
+    without one hands ``None``, the evaluator's default."""
+    from experiments import binarized_mnist
+    seen = []
+
+    def capture(name, seed, config, *args, **kwargs):
+        seen.append(kwargs["eval_batch_size"])
+        raise _Stop
+
+    monkeypatch.setattr(binarized_mnist, "run_one", capture)
+    for chunk in (None, 7):
+        budget = dict(binarized_mnist.BUDGETS["smoke"])
+        if chunk is not None:
+            budget["eval_batch_size"] = chunk
+        monkeypatch.setitem(binarized_mnist.BUDGETS, "smoke", budget)
+        with pytest.raises(_Stop):
+            main(["run", "binarized-mnist", "--budget", "smoke", "--data-dir", str(tmp_path), "--out",
+                  str(tmp_path / "out")])
+    assert seen == [None, 7] and binarized_mnist.BUDGETS["small"]["eval_batch_size"] == 20
+
+
 def test_binarized_mnist_study_smoke_on_generated_files(tmp_path):
     """Both binarizations end to end on small files in the real formats (.amat and MNIST's IDX), with the
     published numbers beside ours; a missing data folder is a clear error naming the files."""
