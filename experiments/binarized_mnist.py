@@ -45,7 +45,8 @@ from typing import Dict, List, Optional
 from pyro_vae.config import TrainConfig
 
 from . import staged
-from .common import data_settings, format_mean_se, plot_study, run_one, summarize, write_metrics, write_table
+from .common import (data_settings, describe_chunking, format_mean_se, plot_study, run_one, summarize, write_metrics,
+                     write_table)
 from .estimators import run_slug
 from .priors_mnist import NETWORK as PRIORS_NETWORK
 
@@ -162,12 +163,11 @@ def run(budget_name: str, out_dir: Path, command: str, revision: str, data_dir: 
     points = "all test points" if budget["eval_points"] is None else f"{budget['eval_points']} strided test points"
     train = budget["train"]
     network = "-".join(str(n) for n in (784, *train["hidden"], train["latent_dim"]))
-    chunks = (f" (in chunks of {budget['eval_batch_size']} points x 500 samples)" if budget.get("eval_batch_size")
-              else "")
     description = (f"Network {network} {train['activation']}, batch {train['batch_size']}, Adam lr {train['lr']}, "
                    f"{epochs} epochs; seeds {budget['seeds']}; "
-                   f"test log p(x) by importance sampling, S = {budget['num_samples']}, on {points}{chunks}, mean ± standard "
-                   f"error over seeds; gap = log p(x) on {budget['gap_points']} random training points minus test. "
+                   f"test log p(x) by importance sampling, S = {budget['num_samples']}, on {points}"
+                   f"{describe_chunking(budget)}, mean ± standard error over seeds; gap = log p(x) on "
+                   f"{budget['gap_points']} random training points minus test. "
                    f"VampPrior: K = {budget['vamp_components']} pseudo-inputs "
                    f"{budget.get('vamp_network', 'on the same network')}.\n\nSources:\n"
                    + "\n".join(f"* {s}" for s in PUBLISHED_SOURCES))

@@ -39,6 +39,13 @@ EVAL_BATCH_SIZE = 100
 # Settings a record's key holds only when they differ from these defaults.
 SETTING_DEFAULTS = {"eval_batch_size": EVAL_BATCH_SIZE}
 
+
+def describe_chunking(budget: Dict) -> str:
+    """`` (in chunks of N points x 500 samples)`` for a budget that sets its own ``eval_batch_size``, else ``""``."""
+    size = budget.get("eval_batch_size")
+    return f" (in chunks of {size} points x 500 samples)" if size else ""
+
+
 NOT_IN_KEY = ("out", "data_dir", "download", "compile", "tensorboard", "tensorboard_images_every")
 
 

@@ -15,7 +15,8 @@ from typing import Dict, List, Optional
 
 from pyro_vae.training import TrainConfig
 
-from .common import data_settings, format_mean_se, plot_study, run_one, summarize, write_metrics, write_table
+from .common import (data_settings, describe_chunking, format_mean_se, plot_study, run_one, summarize, write_metrics,
+                     write_table)
 
 ARCHITECTURE = dict(dataset="fashion-mnist", binarize="dynamic", hidden=(200, 200), latent_dim=50,
                     activation="tanh", batch_size=100, lr=1e-3)
@@ -86,13 +87,11 @@ def describe_budget(budget: Dict, data: str) -> str:
     train = budget["train"]
     points = (f"{budget['eval_points']} test points strided over the test set" if budget["eval_points"]
               else "all test points")
-    chunks = (f" (in chunks of {budget['eval_batch_size']} points x 500 samples)" if budget.get("eval_batch_size")
-              else "")
     return (f"Data: {data}; network {train.get('hidden')} {train.get('activation', 'relu')}, latent "
             f"{train.get('latent_dim')}, batch {train.get('batch_size', 100)}; {train.get('epochs')} epochs; "
             f"seeds {budget['seeds']}; log p(x) by importance sampling, S = {budget['num_samples']}, on "
-            f"{points}{chunks}; gap = log p(x) on as many training points minus test; mean ± standard error over "
-            f"seeds.")
+            f"{points}{describe_chunking(budget)}; gap = log p(x) on as many training points minus test; mean ± "
+            f"standard error over seeds.")
 
 
 def run(budget_name: str, out_dir: Path, command: str, revision: str, data_dir: Optional[str] = None,
