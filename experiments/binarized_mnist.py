@@ -26,8 +26,8 @@ the decoder's matrix products alone are 50 x 10^6 samples x 0.41 MFLOP = 2.1e13 
 machine's ~200 GFLOP/s, so 21 models x (10,000 test + 2000 gap points) need at least 40 minutes.
 
 * ``smoke``: seconds, generated files, for the tests;
-* ``small``: 3 seeds x 7 rows, 3 epochs each, evaluated in chunks of 20 points: ~3-4 hours (estimated from
-  the chunk rate; not yet run), nearly all of it evaluation; resumable run by run;
+* ``small``: 3 seeds x 7 rows, 3 epochs each, evaluated in chunks of 20 points: 2.0 hours (measured 2026-12-07
+  on 2 cores), nearly all of it evaluation; resumable run by run;
 * ``medium``: 1 seed x 7 rows on the IWAE paper's learning-rate schedule (``--lr-schedule iwae``), trained
   in stages across sessions: ``--hours H`` of training per invocation (:mod:`experiments.staged`), a curve
   point (S = 5000 on 1000 strided test points) at each stage end and every 100 epochs, the full evaluation
